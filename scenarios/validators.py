@@ -43,20 +43,21 @@ def validate_e164_list(value: Any) -> None:
         raise ValidationError("Each number may appear only once.", code="duplicate")
 
 
-def _url_validator(schemes: tuple[str, ...]):
-    def validate(value: str) -> None:
-        scheme = urlsplit(value or "").scheme
-        if scheme not in schemes:
-            raise ValidationError(
-                f"Must be a URL starting with {' or '.join(s + '://' for s in schemes)}.", code="invalid_url"
-            )
-        URLValidator(schemes=list(schemes))(value)
-
-    return validate
+def _validate_url(value: str, schemes: tuple[str, ...]) -> None:
+    scheme = urlsplit(value or "").scheme
+    if scheme not in schemes:
+        raise ValidationError(
+            f"Must be a URL starting with {' or '.join(s + '://' for s in schemes)}.", code="invalid_url"
+        )
+    URLValidator(schemes=list(schemes))(value)
 
 
-validate_http_url = _url_validator(("http", "https"))
-validate_ws_url = _url_validator(("ws", "wss"))
+def validate_http_url(value: str) -> None:
+    _validate_url(value, ("http", "https"))
+
+
+def validate_ws_url(value: str) -> None:
+    _validate_url(value, ("ws", "wss"))
 
 
 def validate_json_object(value: Any) -> None:
