@@ -1,0 +1,23 @@
+# The two commands: `make up` runs the product, `make test` runs the whole test suite.
+# Both create the virtualenv in .venv on first use; only Python 3.11+ and make are needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "AssureAgent needs Python 3.11 or newer; set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/python manage.py up
+
+# A fixed key only for the test run: settings demand SECRET_KEY whenever DATABASE_URL is set.
+test: $(STAMP)
+	SECRET_KEY="$${SECRET_KEY:-insecure-key-for-the-test-suite-only}" $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
