@@ -1,0 +1,41 @@
+import pytest
+from django.contrib.auth import authenticate
+from django.core.management import call_command
+from django.test import override_settings
+
+from assure.models import Membership, Workspace
+from scenarios.models import Path, Scenario, Target
+
+pytestmark = pytest.mark.django_db
+
+
+@override_settings(EMBEDDED_DATABASE=True)
+def test_seed_demo_creates_a_workspace_ready_to_run():
+    call_command("seed_demo", verbosity=0)
+    workspace = Workspace.objects.get(slug="demo")
+    user = authenticate(username="demo", password="demo")
+    assert user is not None and user.is_staff
+    assert Membership.objects.get(user=user).workspace == workspace
+    kinds = set(Target.objects.filter(workspace=workspace).values_list("channel", "kind"))
+    assert kinds == {("chat", "demo"), ("voice", "demo")}
+    scenarios = Scenario.objects.filter(workspace=workspace)
+    assert scenarios.count() == 2
+    for scenario in scenarios:
+        assert scenario.paths.count() >= 3
+        assert all(path.script for path in scenario.paths.all())
+
+
+@override_settings(EMBEDDED_DATABASE=True)
+def test_seed_demo_is_idempotent():
+    call_command("seed_demo", verbosity=0)
+    counts = (Scenario.objects.count(), Path.objects.count(), Target.objects.count())
+    call_command("seed_demo", verbosity=0)
+    assert (Scenario.objects.count(), Path.objects.count(), Target.objects.count()) == counts
+
+
+@override_settings(EMBEDDED_DATABASE=False)
+def test_seed_demo_on_a_real_database_creates_no_demo_password(capsys):
+    call_command("seed_demo")
+    assert "without a demo user" in capsys.readouterr().out
+    assert authenticate(username="demo", password="demo") is None
+    assert Workspace.objects.filter(slug="demo").exists()
