@@ -164,6 +164,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+CELERY_BEAT_SCHEDULE = {
+    # The safety net under every doorbell (runs/services.py, sweep).
+    "sweep-runs": {"task": "runs.tasks.sweep_runs", "schedule": float(env_int("RUN_SWEEP_SECONDS", 2, minimum=1))},
+}
+
+# Run execution: executors mark their runs alive this often; a run silent for the timeout is
+# ended as failed / error by the sweep.
+RUN_HEARTBEAT_SECONDS = env_int("RUN_HEARTBEAT_SECONDS", 2, minimum=1)
+RUN_HEARTBEAT_TIMEOUT_SECONDS = env_int("RUN_HEARTBEAT_TIMEOUT_SECONDS", 30, minimum=2)
+# Where workers reach the built-in demo target, which the web process serves.
+DEMO_TARGET_URL = env_url("DEMO_TARGET_URL", schemes=("http", "https")) or (
+    f"http://127.0.0.1:{env_int('PORT', 8000, minimum=1, maximum=65535)}/demo-target/chat/"
+)
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -180,6 +194,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AssureAgent API",
@@ -187,6 +202,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "runs.models.Run.Status",
+        "ToolInvocationStatusEnum": "runs.models.ToolInvocation.Status",
+        "SyncStatusEnum": "scenarios.models.CustomFunction.SyncStatus",
+    },
 }
 
 # Integrations switch on when their settings are present; using one without them fails with a

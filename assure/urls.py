@@ -1,10 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import JsonResponse
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from assure import api, views
+from runs import demo_target
 
 
 def healthz(request):
@@ -24,4 +25,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/workspace/", api.WorkspaceView.as_view(), name="api-workspace"),
+    path("api/v1/", include("runs.urls")),
+    path("demo-target/chat/", demo_target.chat, name="demo-target-chat"),
 ]

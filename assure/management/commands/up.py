@@ -56,6 +56,8 @@ class Command(BaseCommand):
                 "beat": [python, "-m", "celery", "-A", "assure", "beat", "--loglevel", "INFO",
                          "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
             }
+            # Workers reach the built-in demo target on this web server.
+            os.environ.setdefault("DEMO_TARGET_URL", f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/demo-target/chat/")
             for name, command in commands.items():
                 # Own sessions: Ctrl-C reaches only this launcher, which stops the children in
                 # order and the Redis they depend on last.

@@ -1,0 +1,105 @@
+"""Target connections: how the conversation engine talks to the system under test.
+
+One module per connector kind, each behind ``TargetConnection``, each raising ``ConnectorError``
+(``TargetUnreachable`` when the session cannot be opened at all). Voice connections are
+registered by the telephony app when it is ready; ``runs`` knows voice only through this registry.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+TURN_TIMEOUT_SECONDS = 30.0
+
+
+class ConnectorError(Exception):
+    """The target failed to answer. ``permanent``: retrying the same request will not help."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class TargetUnreachable(ConnectorError):
+    """The session could not be opened: refused, DNS, timeout, or a 5xx on the first exchange."""
+
+
+@dataclass
+class Reply:
+    text: str
+    ended: bool = False  # the target ended the conversation
+
+
+@dataclass
+class ConnectionContext:
+    """What a connection needs besides the target: shared clients and the session id."""
+
+    session_id: str
+    http: Any  # aiohttp.ClientSession shared by every conversation of the event loop
+    secrets: dict = field(default_factory=dict)  # the live target's headers (never snapshotted)
+
+
+class TargetConnection(ABC):
+    def __init__(self, target: dict, context: ConnectionContext):
+        self.target = target
+        self.context = context
+
+    async def open(self) -> Reply | None:
+        """Open the session; returns the target's greeting when it speaks first."""
+        return None
+
+    @abstractmethod
+    async def send(self, text: str) -> Reply: ...
+
+    async def press(self, digits: str) -> Reply:
+        """Chat targets receive key presses as a message; voice connections send DTMF."""
+        return await self.send(digits)
+
+    async def close(self) -> None:
+        return None
+
+
+_REGISTRY: dict[tuple[str, str], Callable[..., TargetConnection]] = {}
+
+
+def register(channel: str, kind: str, factory: Callable[..., TargetConnection]) -> None:
+    _REGISTRY[(channel, kind)] = factory
+
+
+def connection_for(target: dict, context: ConnectionContext) -> TargetConnection:
+    from runs.connectors import demo, http_json, openai_chat, websocket  # noqa: F401  (they register)
+
+    factory = _REGISTRY.get((target["channel"], target["kind"]))
+    if factory is None:
+        raise ConnectorError(
+            f"No {target['channel']} connector for targets of kind {target['kind']!r} is installed in this "
+            "deployment.",
+            permanent=True,
+        )
+    return factory(target, context)
+
+
+def fill_template(template: Any, values: dict[str, str]) -> Any:
+    """Replace ``{{name}}`` placeholders inside every string value of a JSON template."""
+    if isinstance(template, str):
+        for name, value in values.items():
+            template = template.replace("{{" + name + "}}", value)
+        return template
+    if isinstance(template, dict):
+        return {key: fill_template(value, values) for key, value in template.items()}
+    if isinstance(template, list):
+        return [fill_template(value, values) for value in template]
+    return template
+
+
+def extract(document: Any, path: str) -> str:
+    """The text at JSONPath ``path`` in ``document``; several matches are joined."""
+    from jsonpath_ng.ext import parse
+
+    matches = [m.value for m in parse(path).find(document)]
+    if not matches:
+        raise ConnectorError(f"The reply has nothing at {path}: {json.dumps(document)[:300]}", permanent=True)
+    return " ".join(v if isinstance(v, str) else json.dumps(v) for v in matches)

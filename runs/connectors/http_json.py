@@ -1,0 +1,69 @@
+"""``http_json``: POST a JSON template with the session id and the message; read the reply by JSONPath."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from runs.connectors import (
+    TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, TargetUnreachable, extract, fill_template,
+    register,
+)
+
+
+class HttpJsonConnection(TargetConnection):
+    end_path: str | None = None  # JSONPath of a boolean "conversation over" flag, where a target has one
+
+    def __init__(self, target, context):
+        super().__init__(target, context)
+        self.exchanges = 0
+
+    @property
+    def url(self) -> str:
+        return self.target["url"]
+
+    async def send(self, text: str) -> Reply:
+        body = fill_template(self.target["request_template"], {"message": text, "session_id": self.context.session_id})
+        first = self.exchanges == 0
+        self.exchanges += 1
+        try:
+            async with self.context.http.post(
+                self.url, json=body, headers=self.context.secrets,
+                timeout=aiohttp.ClientTimeout(total=TURN_TIMEOUT_SECONDS),
+            ) as response:
+                payload = await response.read()
+                status = response.status
+        except asyncio.TimeoutError:
+            raise self._error(first, f"{self.url} did not answer within {TURN_TIMEOUT_SECONDS:.0f}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise self._error(first, f"could not connect to {self.url}: {exc.os_error or exc}") from None
+        except aiohttp.ClientError as exc:
+            raise self._error(first, f"request to {self.url} failed: {exc}") from None
+        if status >= 500:
+            raise self._error(first, f"{self.url} answered HTTP {status}: {payload[:200].decode(errors='replace')}")
+        if status >= 400:
+            raise ConnectorError(
+                f"{self.url} refused the message with HTTP {status}: {payload[:200].decode(errors='replace')}",
+                permanent=True,
+            )
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            raise ConnectorError(f"{self.url} answered with something that is not JSON: {payload[:200]!r}", permanent=True) from None
+        ended = bool(self.end_path and _flag(document, self.end_path))
+        return Reply(text=extract(document, self.target["response_path"]), ended=ended)
+
+    def _error(self, first: bool, message: str) -> ConnectorError:
+        # A failure on the first exchange means the session never opened.
+        return TargetUnreachable(message) if first else ConnectorError(message)
+
+
+def _flag(document, path: str) -> bool:
+    from jsonpath_ng.ext import parse
+
+    return any(m.value is True for m in parse(path).find(document))
+
+
+register("chat", "http_json", HttpJsonConnection)

@@ -1,0 +1,45 @@
+"""``openai_chat``: the target is an OpenAI-compatible chat-completions endpoint."""
+
+from __future__ import annotations
+
+import openai
+
+from runs.connectors import TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, TargetUnreachable, register
+
+
+class OpenAIChatConnection(TargetConnection):
+    def __init__(self, target, context):
+        super().__init__(target, context)
+        headers = dict(context.secrets)
+        authorization = headers.pop("Authorization", "")
+        api_key = authorization.removeprefix("Bearer ").strip() or "not-needed"
+        self.client = openai.AsyncOpenAI(
+            base_url=target["url"], api_key=api_key, default_headers=headers or None,
+            timeout=TURN_TIMEOUT_SECONDS, max_retries=0,
+        )
+        self.messages: list[dict] = []
+
+    async def send(self, text: str) -> Reply:
+        first = not self.messages
+        self.messages.append({"role": "user", "content": text})
+        try:
+            completion = await self.client.chat.completions.create(model=self.target["model"], messages=self.messages)
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise self._error(first, f"could not reach {self.target['url']}: {exc}") from None
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500:
+                raise self._error(first, f"{self.target['url']} answered HTTP {exc.status_code}: {exc.message}") from None
+            raise ConnectorError(f"{self.target['url']} refused the request with HTTP {exc.status_code}: {exc.message}", permanent=True) from None
+        choice = completion.choices[0] if completion.choices else None
+        content = (choice.message.content or "") if choice else ""
+        self.messages.append({"role": "assistant", "content": content})
+        return Reply(text=content)
+
+    def _error(self, first: bool, message: str) -> ConnectorError:
+        return TargetUnreachable(message) if first else ConnectorError(message)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+register("chat", "openai_chat", OpenAIChatConnection)

@@ -1,0 +1,116 @@
+"""The conversation engine: an asyncio loop between a caller and a target connection, recorded
+turn by turn. It does not know where it runs — a Celery worker's event loop for chat, the
+ConversationRelay websocket consumer for voice — nor how turns are stored: it is handed a
+connection and a recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from runs.connectors import ConnectorError, Reply, TargetConnection, TargetUnreachable
+
+
+class Recorder(Protocol):
+    async def turn(self, *, speaker: str, text: str, started_ms: int, ended_ms: int,
+                   latency_ms: int | None = None, is_error: bool = False) -> None: ...
+
+    async def tool(self, *, name: str, arguments: dict, result, at_ms: int,
+                   duration_ms: int | None = None, status: str = "ok") -> None: ...
+
+
+@dataclass
+class Outcome:
+    """How a conversation ended, for finalizing."""
+
+    ended_by: str = "caller"
+    duration_ms: int = 0
+    expectation_failures: list[str] = field(default_factory=list)
+    target_errors: list[str] = field(default_factory=list)
+
+
+class Clock:
+    """Milliseconds since the conversation started."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+
+    def ms(self) -> int:
+        return int((time.monotonic() - self.start) * 1000)
+
+
+class ScriptedCaller:
+    """Follows a path's script: say, press, pause_ms, expect, end_call. Deterministic and offline."""
+
+    def __init__(self, steps: list[dict]):
+        self.steps = steps
+
+    async def converse(self, connection: TargetConnection, recorder: Recorder, clock: Clock) -> Outcome:
+        outcome = Outcome()
+        heard: list[str] = []  # what the target said since the caller last acted
+
+        async def target_says(reply: Reply | None, started_ms: int, latency_ms: int | None) -> bool:
+            if reply is None:
+                return False
+            if reply.text:
+                heard.append(reply.text)
+                await recorder.turn(speaker="target", text=reply.text, started_ms=started_ms,
+                                    ended_ms=clock.ms(), latency_ms=latency_ms)
+            if reply.ended:
+                outcome.ended_by = "target"
+            return reply.ended
+
+        async def exchange(send, *args) -> bool:
+            sent_ms = clock.ms()
+            try:
+                reply = await send(*args)
+            except TargetUnreachable:
+                raise
+            except ConnectorError as exc:
+                outcome.target_errors.append(str(exc))
+                await recorder.turn(speaker="target", text=f"[no reply: {exc}]", started_ms=sent_ms,
+                                    ended_ms=clock.ms(), is_error=True)
+                outcome.ended_by = "target"
+                return True  # a target that errors mid-conversation ends it; the run still finalizes
+            return await target_says(reply, clock.ms(), clock.ms() - sent_ms)
+
+        started = clock.ms()
+        if await target_says(await connection.open(), started, None):
+            outcome.duration_ms = clock.ms()
+            return outcome
+        for index, step in enumerate(self.steps, start=1):
+            (kind, arg), = step.items()
+            if kind == "say":
+                heard.clear()
+                at = clock.ms()
+                await recorder.turn(speaker="caller", text=arg, started_ms=at, ended_ms=at)
+                if await exchange(connection.send, arg):
+                    break
+            elif kind == "press":
+                heard.clear()
+                at = clock.ms()
+                await recorder.tool(name="press_digit", arguments={"digits": arg}, result=None, at_ms=at)
+                if await exchange(connection.press, arg):
+                    break
+            elif kind == "pause_ms":
+                await asyncio.sleep(arg / 1000)
+            elif kind == "expect":
+                said = " ".join(heard)
+                if not re.search(arg, said):
+                    outcome.expectation_failures.append(
+                        f"step {index}: expected the target to match {arg!r}, it said {said[:200]!r}"
+                    )
+                    # The rest of the script assumes this reply: the caller hangs up here.
+                    await recorder.tool(name="end_call", arguments={"reason": "expectation not met"}, result=None, at_ms=clock.ms())
+                    outcome.ended_by = "caller"
+                    break
+            elif kind == "end_call":
+                await recorder.tool(name="end_call", arguments={}, result=None, at_ms=clock.ms())
+                outcome.ended_by = "caller"
+                break
+        outcome.duration_ms = clock.ms()
+        return outcome

@@ -1,0 +1,284 @@
+"""Executes runs: one asyncio event loop per worker process holds many conversations at once.
+
+A Celery task hands a run id to this process's ``ConversationHost`` and returns; the host's loop
+(in a background thread) runs the conversation, while a heartbeat keeps the runs it holds marked
+alive and stops the ones a user cancelled. If the process dies, the heartbeats stop and the beat
+sweep ends its runs as ``failed / error``; a run is never silently executed twice, because an
+executor must first claim it (``run_claim``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from runs import services
+from runs.connectors import ConnectionContext, ConnectorError, TargetUnreachable, connection_for
+from runs.engine import Clock, ScriptedCaller
+from runs.evaluation import evaluate
+from runs.live import publish_run_changed
+from runs.models import CriterionResult, Run, ToolInvocation, Turn
+
+logger = logging.getLogger(__name__)
+F = Run.FailureReason
+
+# ORM calls leave the event loop for these threads; each keeps its own database connection.
+_db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="assure-db")
+
+
+def _db_call(fn):
+    def wrapper(*args, **kwargs):
+        close_old_connections()
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+async def db(fn, *args, **kwargs):
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_db_pool, lambda: _db_call(fn)(*args, **kwargs))
+
+
+class DbRecorder:
+    """Persists each turn and tool invocation first, then publishes it to the run's group."""
+
+    def __init__(self, run_id):
+        self.run_id = run_id
+        self.turn_seq = 0
+        self.tool_seq = 0
+        self.layer = get_channel_layer()
+
+    async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False):
+        self.turn_seq += 1
+        row = {"seq": self.turn_seq, "speaker": speaker, "text": text, "started_ms": started_ms,
+               "ended_ms": ended_ms, "latency_ms": latency_ms, "is_error": is_error}
+        if await db(_save_if_running, Turn, self.run_id, row):
+            await self._publish({"type": "run.turn", "run": str(self.run_id), **row})
+
+    async def tool(self, *, name, arguments, result, at_ms, duration_ms=None, status="ok"):
+        self.tool_seq += 1
+        row = {"seq": self.tool_seq, "name": name, "arguments": arguments, "result": result,
+               "at_ms": at_ms, "duration_ms": duration_ms, "status": status}
+        if await db(_save_if_running, ToolInvocation, self.run_id, row):
+            await self._publish({"type": "run.tool", "run": str(self.run_id), **row})
+
+    async def _publish(self, message: dict) -> None:
+        if self.layer is None:
+            return
+        try:
+            await asyncio.wait_for(self.layer.group_send(f"run-{self.run_id}", message), 2)
+        except Exception as exc:  # the row is saved; a page reload or reconnect shows it
+            logger.warning("could not publish to run-%s: %s", self.run_id, exc)
+
+
+def _save_if_running(model, run_id, row: dict) -> bool:
+    """Insert a transcript row unless the run has ended (a cancelled run never changes again)."""
+    with transaction.atomic():
+        if not Run.objects.select_for_update().filter(pk=run_id, status=Run.Status.RUNNING).exists():
+            return False
+        model.objects.create(run_id=run_id, **row)
+        return True
+
+
+def compose_persona(snapshot: dict) -> str:
+    scenario, path, agent = snapshot["scenario"], snapshot["path"], snapshot["agent"]
+    parts = [
+        agent.get("instructions", ""),
+        f"Scenario: {scenario['name']}. {scenario.get('description', '')}",
+        f"Who you are and what you want: {path.get('narrative', '')}",
+    ]
+    if agent.get("end_conditions"):
+        parts.append(f"End the conversation when: {agent['end_conditions']}")
+    return "\n\n".join(p.strip() for p in parts if p and p.strip())
+
+
+def _load(run_id) -> dict | None:
+    run = Run.objects.select_related("scenario__agent", "scenario__target").filter(pk=run_id).first()
+    if run is None:
+        return None
+    scenario = run.scenario
+    live_target = scenario.target if scenario else None
+    agent = scenario.agent if scenario else None
+    unsynced = []
+    if agent is not None:
+        unsynced = list(agent.functions.exclude(sync_status="synced").values_list("name", "sync_status"))
+    return {
+        "snapshot": run.snapshot,
+        "secrets": dict(live_target.headers) if live_target else {},
+        "unsynced": unsynced,
+        "llm": {
+            "base_url": (agent.llm_base_url if agent and agent.llm_base_url else settings.LLM_BASE_URL),
+            "api_key": (agent.llm_api_key if agent and agent.llm_api_key else settings.LLM_API_KEY),
+            "model": (agent.llm_model if agent and agent.llm_model else settings.LLM_MODEL),
+        },
+    }
+
+
+def _transcript(run_id) -> tuple[list[dict], list[dict]]:
+    turns = list(Turn.objects.filter(run_id=run_id).order_by("seq").values(
+        "seq", "speaker", "text", "latency_ms", "started_ms", "is_error"))
+    tools = list(ToolInvocation.objects.filter(run_id=run_id).order_by("seq").values("seq", "name", "arguments"))
+    return turns, tools
+
+
+def _save_results(run_id, results) -> None:
+    with transaction.atomic():
+        CriterionResult.objects.filter(run_id=run_id).delete()
+        CriterionResult.objects.bulk_create([
+            CriterionResult(run_id=run_id, position=i, name=r.name, kind=r.kind, outcome=r.outcome,
+                            rationale=r.rationale, evidence=r.evidence)
+            for i, r in enumerate(results)
+        ])
+
+
+async def execute(run_id, *, worker: str, http: aiohttp.ClientSession) -> None:
+    """Run one admitted run to its end. Steps: claim; materialize (persona, preconditions); go
+    live and converse under the agent's duration cap; finalize (criteria, verdict, metrics)."""
+    if not await db(services.run_claim, run_id=run_id, worker=worker):
+        return  # another executor has it, or it was cancelled meanwhile
+    try:
+        loaded = await db(_load, run_id)
+        if loaded is None:
+            return
+        snapshot = loaded["snapshot"]
+        if loaded["unsynced"]:
+            names = ", ".join(f"{name} ({status})" for name, status in loaded["unsynced"])
+            await db(services.run_fail, run_id=run_id, reason=F.TOOL_SYNC_PENDING,
+                     detail=f"These custom functions of the agent have not synced: {names}. Check the Functions "
+                            "panel banner; click Retry if it's red.")
+            return
+        script = snapshot["path"].get("script") or []
+        if not script:
+            await db(services.run_fail, run_id=run_id, reason=F.ERROR,
+                     detail="This path has no script, and the LLM caller is not available in this release: "
+                            "add script steps to the path.")
+            return
+        persona = compose_persona(snapshot)
+        if not await db(services.run_go_live, run_id=run_id, persona=persona):
+            return
+        await db(publish_run_changed, run_id)
+        context = ConnectionContext(session_id=str(run_id), http=http, secrets=loaded["secrets"])
+        cap = snapshot["agent"].get("max_duration_seconds") or 300
+        clock = Clock()
+        try:
+            connection = connection_for(snapshot["target"], context)
+        except ConnectorError as exc:
+            await db(services.run_fail, run_id=run_id, reason=F.ERROR, detail=str(exc))
+            return
+        try:
+            outcome = await asyncio.wait_for(
+                ScriptedCaller(script).converse(connection, DbRecorder(run_id), clock), timeout=cap
+            )
+        except TargetUnreachable as exc:
+            await db(services.run_fail, run_id=run_id, reason=F.TARGET_UNREACHABLE,
+                     detail=f"{exc}. Check the target's URL and that the system is accepting sessions.")
+            return
+        except asyncio.TimeoutError:
+            await db(services.run_fail, run_id=run_id, reason=F.DURATION_CAP_NO_PROGRESS,
+                     detail=f"The conversation was still going after the agent's {cap}s cap. Raise the cap on the "
+                            "agent, or add tighter end conditions to the scenario description.")
+            return
+        finally:
+            try:
+                await connection.close()
+            except Exception:  # closing a broken session must not mask how the run ended
+                logger.debug("closing the target connection of run %s failed", run_id, exc_info=True)
+        if not await db(services.run_finalize, run_id=run_id):
+            return
+        await db(publish_run_changed, run_id)
+        turns, tools = await db(_transcript, run_id)
+        criteria = list(snapshot["scenario"].get("criteria") or []) + list(snapshot["path"].get("criteria") or [])
+        results, verdict, metrics = await evaluate(
+            criteria, turns=turns, tools=tools, ended_by=outcome.ended_by, duration_ms=outcome.duration_ms,
+            expectation_failures=outcome.expectation_failures, scripted=True, llm=loaded["llm"],
+        )
+        await db(_save_results, run_id, results)
+        await db(services.run_complete, run_id=run_id, verdict=verdict, metrics=metrics)
+    except asyncio.CancelledError:
+        raise  # the heartbeat saw the run cancelled; the finally blocks above closed the session
+    except Exception as exc:
+        logger.exception("run %s failed with an unexpected error", run_id)
+        await db(services.run_fail, run_id=run_id, reason=F.ERROR,
+                 detail=f"Unexpected {type(exc).__name__}: {exc}. Safe to retry.")
+
+
+class ConversationHost:
+    """This process's event loop thread and the conversations it holds."""
+
+    def __init__(self):
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.loop = asyncio.new_event_loop()
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="assure-conversations", daemon=True)
+        self.thread.start()
+        self.ready.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._setup())
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _setup(self) -> None:
+        # One shared aiohttp session for every conversation of the loop (FLOORS.md: the fastest
+        # client under concurrency), with no per-host connection cap.
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60))
+        self.loop.create_task(self._heartbeat())
+
+    def submit(self, run_id: str) -> None:
+        self.loop.call_soon_threadsafe(self._start, run_id)
+
+    def _start(self, run_id: str) -> None:
+        if run_id in self.tasks:
+            return
+        task = self.loop.create_task(execute(run_id, worker=self.worker, http=self.http))
+        self.tasks[run_id] = task
+        task.add_done_callback(lambda _t, rid=run_id: self.tasks.pop(rid, None))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(settings.RUN_HEARTBEAT_SECONDS)
+            if not self.tasks:
+                continue
+            try:
+                ended = await db(_beat, list(self.tasks))
+            except Exception:
+                logger.exception("heartbeat failed")
+                continue
+            for run_id in ended:
+                task = self.tasks.get(run_id)
+                if task is not None:
+                    task.cancel()
+
+
+def _beat(run_ids: list[str]) -> list[str]:
+    """Mark our running runs alive; return those that ended elsewhere (cancelled, timed out)."""
+    Run.objects.filter(pk__in=run_ids, status=Run.Status.RUNNING).update(heartbeat_at=timezone.now())
+    alive = {str(pk) for pk in Run.objects.filter(pk__in=run_ids, status=Run.Status.RUNNING).values_list("pk", flat=True)}
+    return [run_id for run_id in run_ids if run_id not in alive]
+
+
+_host: ConversationHost | None = None
+_host_lock = threading.Lock()
+
+
+def get_host() -> ConversationHost:
+    global _host
+    with _host_lock:
+        if _host is None or _host.pid != os.getpid():
+            _host = ConversationHost()
+            _host.pid = os.getpid()
+        return _host

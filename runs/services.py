@@ -1,0 +1,318 @@
+"""The life of a run: every state change goes through one of these services.
+
+Each transition is a conditional update on the run's current status (and stage) followed by a
+run event; a caller that loses a race changes nothing and gets ``False``/``None`` back. A
+terminal run (completed, failed, cancelled) never changes again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from assure.models import Workspace
+from runs.models import TERMINAL_STATUSES, Batch, Run, RunEvent
+from scenarios.models import Path, Scenario
+
+logger = logging.getLogger(__name__)
+
+S = Run.Status
+G = Run.Stage
+
+
+class RunStateError(Exception):
+    """A transition was asked of a run in a state that does not allow it."""
+
+
+def _record(run_id, *, from_status: str, to_status: str, from_stage: str, to_stage: str, at, detail: str = "") -> None:
+    RunEvent.objects.create(
+        run_id=run_id, at=at, from_status=from_status, to_status=to_status,
+        from_stage=from_stage, to_stage=to_stage, detail=detail,
+    )
+
+
+def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: str, to_stage: str,
+                detail: str = "", **fields) -> bool:
+    """Move a run if, and only if, it is still in ``from_status`` (and ``from_stage``)."""
+    now = timezone.now()
+    lookup = {"pk": run_id, "status": from_status}
+    if from_stage is not None:
+        lookup["stage"] = from_stage
+    with transaction.atomic():
+        if from_stage is None:
+            current = Run.objects.filter(**lookup).values_list("stage", flat=True).first()
+            if current is None:
+                return False
+            lookup["stage"] = current
+        changed = Run.objects.filter(**lookup).update(status=to_status, stage=to_stage, **fields)
+        if changed != 1:
+            return False
+        _record(run_id, from_status=from_status, to_status=to_status, from_stage=lookup["stage"],
+                to_stage=to_stage, at=now, detail=detail)
+    if to_status in TERMINAL_STATUSES:
+        _after_terminal(run_id)
+    return True
+
+
+def _after_terminal(run_id) -> None:
+    """A slot freed up: admit the next runs of the workspace, and tell watchers."""
+    from runs import tasks
+    from runs.live import publish_run_changed, ring
+
+    workspace_id = Run.objects.filter(pk=run_id).values_list("workspace_id", flat=True).first()
+    transaction.on_commit(lambda: ring(tasks.admit_runs, str(workspace_id)))
+    transaction.on_commit(lambda: publish_run_changed(run_id))
+
+
+def snapshot_of(path: Path) -> dict:
+    """A frozen copy of what a run is composed from; later edits do not change a queued run."""
+    scenario = path.scenario
+    agent, target = scenario.agent, scenario.target
+    return {
+        "scenario": {
+            "id": str(scenario.id), "name": scenario.name, "description": scenario.description,
+            "channel": scenario.channel, "direction": scenario.direction,
+            "inbound_window_seconds": scenario.inbound_window_seconds, "criteria": scenario.criteria,
+        },
+        "path": {"id": str(path.id), "name": path.name, "narrative": path.narrative,
+                 "script": path.script, "criteria": path.criteria},
+        "agent": {
+            "id": str(agent.id), "name": agent.name, "instructions": agent.instructions,
+            "language": agent.language, "voice_provider": agent.voice_provider, "voice": agent.voice,
+            "llm_base_url": agent.llm_base_url, "llm_model": agent.llm_model,
+            "max_duration_seconds": agent.max_duration_seconds, "end_conditions": agent.end_conditions,
+            "outbound_numbers": agent.outbound_numbers,
+        },
+        # Secrets (headers, API keys) are read from the live objects at execution, never copied.
+        "target": {
+            "id": str(target.id), "name": target.name, "channel": target.channel, "kind": target.kind,
+            "url": target.url, "phone_number": target.phone_number,
+            "request_template": target.request_template, "response_path": target.response_path,
+            "model": target.model,
+        },
+    }
+
+
+def _new_run(*, path: Path, batch: Batch | None, retry_of: Run | None, created_by, created_at) -> Run:
+    run = Run.objects.create(
+        workspace_id=path.workspace_id, scenario=path.scenario, path=path, batch=batch, retry_of=retry_of,
+        snapshot=snapshot_of(path), created_by=created_by if getattr(created_by, "pk", None) else None,
+    )
+    # created_at drives queue order; set explicitly so the runs of a batch keep their path order.
+    Run.objects.filter(pk=run.pk).update(created_at=created_at)
+    run.created_at = created_at
+    _record(run.pk, from_status="", to_status=S.PENDING, from_stage="", to_stage=G.QUEUED, at=created_at)
+    return run
+
+
+def _admit_after_commit(workspace_id) -> None:
+    from runs import tasks
+    from runs.live import ring
+
+    transaction.on_commit(lambda: ring(tasks.admit_runs, str(workspace_id)))
+
+
+@transaction.atomic
+def path_run(*, path: Path, created_by=None) -> Run:
+    """Queue one run of ``path``."""
+    run = _new_run(path=path, batch=None, retry_of=None, created_by=created_by, created_at=timezone.now())
+    _admit_after_commit(path.workspace_id)
+    return run
+
+
+@transaction.atomic
+def scenario_run_all(*, scenario: Scenario, created_by=None) -> tuple[Batch, list[Run]]:
+    """Queue every path of ``scenario`` as one batch, in path order."""
+    paths = list(scenario.paths.select_related("scenario__agent", "scenario__target").order_by("created_at", "name"))
+    if not paths:
+        raise RunStateError("This scenario has no paths yet: add a path, then run it.")
+    batch = Batch.objects.create(
+        workspace_id=scenario.workspace_id, scenario=scenario,
+        created_by=created_by if getattr(created_by, "pk", None) else None,
+    )
+    base = timezone.now()
+    runs = [
+        _new_run(path=path, batch=batch, retry_of=None, created_by=created_by, created_at=base + timedelta(microseconds=i))
+        for i, path in enumerate(paths)
+    ]
+    _admit_after_commit(scenario.workspace_id)
+    return batch, runs
+
+
+@transaction.atomic
+def run_retry(*, run: Run, created_by=None) -> Run:
+    """A new run of the same path, pointing at ``run``. Only a finished run can be retried."""
+    if run.status not in TERMINAL_STATUSES:
+        raise RunStateError("Only a finished run can be retried; cancel it first.")
+    if run.path is None:
+        raise RunStateError("The path of this run was deleted, so it cannot be run again.")
+    new = _new_run(path=run.path, batch=None, retry_of=run, created_by=created_by, created_at=timezone.now())
+    _admit_after_commit(run.workspace_id)
+    return new
+
+
+def run_cancel(*, run_id) -> bool:
+    """Cancel a pending or running run; idempotent. Returns whether this call cancelled it.
+
+    A queued run is never picked up afterwards (admission only takes pending runs). A live run's
+    executor sees the status on its next heartbeat and closes the session or hangs up.
+    """
+    for status in (S.PENDING, S.RUNNING):
+        if _transition(run_id, from_status=status, from_stage=None, to_status=S.CANCELLED, to_stage=G.DONE,
+                       detail="cancelled by a user", ended_at=timezone.now(), cancel_requested=True):
+            return True
+    return False
+
+
+def run_fail(*, run_id, reason: str, detail: str) -> bool:
+    """End a pending or running run as failed: the platform could not test."""
+    if reason not in Run.FailureReason.values:
+        raise ValueError(f"unknown failure reason {reason!r}")
+    for status in (S.RUNNING, S.PENDING):
+        if _transition(run_id, from_status=status, from_stage=None, to_status=S.FAILED, to_stage=G.DONE,
+                       detail=f"{reason}: {detail}", failure_reason=reason, failure_detail=detail,
+                       ended_at=timezone.now()):
+            return True
+    return False
+
+
+def run_claim(*, run_id, worker: str) -> bool:
+    """An executor takes an admitted run; exactly one executor ever gets it."""
+    return Run.objects.filter(pk=run_id, status=S.RUNNING, stage=G.MATERIALIZING, worker="").update(
+        worker=worker, heartbeat_at=timezone.now()
+    ) == 1
+
+
+def run_go_live(*, run_id, persona: str) -> bool:
+    now = timezone.now()
+    return _transition(run_id, from_status=S.RUNNING, from_stage=G.MATERIALIZING, to_status=S.RUNNING,
+                       to_stage=G.LIVE, persona=persona, started_at=now, heartbeat_at=now)
+
+
+def run_finalize(*, run_id) -> bool:
+    return _transition(run_id, from_status=S.RUNNING, from_stage=G.LIVE, to_status=S.RUNNING, to_stage=G.FINALIZING)
+
+
+def run_complete(*, run_id, verdict: str, metrics: dict) -> bool:
+    return _transition(run_id, from_status=S.RUNNING, from_stage=G.FINALIZING, to_status=S.COMPLETED,
+                       to_stage=G.DONE, verdict=verdict, metrics=metrics, ended_at=timezone.now())
+
+
+def admit_pending_runs(*, workspace_id) -> list:
+    """Admit the oldest pending runs of a workspace into free slots; returns the admitted ids.
+
+    Steps: lock the workspace row (PostgreSQL: ``SELECT … FOR UPDATE``; SQLite: the IMMEDIATE
+    transaction holds the database write lock), so admissions of one workspace are serialized
+    across every worker and process; count the runs past queued; walk the pending runs oldest
+    first, skipping those whose scenario is at its own bound; move each admitted run with a
+    conditional update. The bound therefore holds at every instant.
+    """
+    with transaction.atomic():
+        workspace = Workspace.objects.select_for_update().filter(pk=workspace_id).first()
+        if workspace is None or workspace.queue_paused:
+            return []
+        active = Run.objects.filter(workspace_id=workspace_id, status=S.RUNNING)
+        free = workspace.max_parallel_runs - active.count()
+        if free <= 0:
+            return []
+        per_scenario = dict(active.values_list("scenario_id").annotate(n=Count("id")).order_by())
+        pending = (
+            Run.objects.filter(workspace_id=workspace_id, status=S.PENDING)
+            .order_by("created_at", "id")
+            .values_list("id", "scenario_id", "scenario__max_parallel_runs")
+        )
+        admitted = []
+        now = timezone.now()
+        for run_id, scenario_id, scenario_bound in pending.iterator(chunk_size=200):
+            if len(admitted) >= free:
+                break
+            if scenario_bound is not None and per_scenario.get(scenario_id, 0) >= scenario_bound:
+                continue
+            changed = Run.objects.filter(pk=run_id, status=S.PENDING).update(
+                status=S.RUNNING, stage=G.MATERIALIZING, admitted_at=now, heartbeat_at=now
+            )
+            if changed:
+                _record(run_id, from_status=S.PENDING, to_status=S.RUNNING, from_stage=G.QUEUED,
+                        to_stage=G.MATERIALIZING, at=now)
+                per_scenario[scenario_id] = per_scenario.get(scenario_id, 0) + 1
+                admitted.append(run_id)
+        if admitted:
+            from runs import tasks
+            from runs.live import publish_run_changed, ring
+
+            def dispatch(ids=tuple(admitted)):
+                for run_id in ids:
+                    ring(tasks.execute_run, str(run_id))
+                    publish_run_changed(run_id)
+
+            transaction.on_commit(dispatch)
+        return admitted
+
+
+def workspace_queue_pause(*, workspace: Workspace) -> None:
+    Workspace.objects.filter(pk=workspace.pk).update(queue_paused=True)
+    workspace.queue_paused = True
+
+
+def workspace_queue_resume(*, workspace: Workspace) -> None:
+    Workspace.objects.filter(pk=workspace.pk).update(queue_paused=False)
+    workspace.queue_paused = False
+    _admit_after_commit(workspace.pk)
+
+
+# Watchdogs -------------------------------------------------------------------------------------
+
+DISPATCH_RETRY_SECONDS = 10
+DURATION_GRACE_SECONDS = 15
+
+
+def sweep() -> dict:
+    """The periodic safety net: what a lost message or a dead worker left behind.
+
+    - workspaces with pending runs and free slots get an admission pass;
+    - admitted runs no executor claimed (their message was lost) are dispatched again — safe,
+      since nothing of them has run yet;
+    - runs whose executor stopped heartbeating end as ``failed / error``;
+    - live runs far past their agent's cap end as ``failed / duration_cap_no_progress`` (the
+      executor normally ends them itself at the cap).
+    """
+    from runs import tasks
+    from runs.live import ring
+
+    now = timezone.now()
+    counts = {"admitted": 0, "redispatched": 0, "lost": 0, "capped": 0}
+    for workspace_id in (
+        Run.objects.filter(status=S.PENDING, workspace__queue_paused=False)
+        .values_list("workspace_id", flat=True).distinct()
+    ):
+        counts["admitted"] += len(admit_pending_runs(workspace_id=workspace_id))
+    unclaimed = Run.objects.filter(
+        status=S.RUNNING, stage=G.MATERIALIZING, worker="",
+        admitted_at__lt=now - timedelta(seconds=DISPATCH_RETRY_SECONDS),
+    ).values_list("id", flat=True)
+    for run_id in unclaimed:
+        # Touch admitted_at so one lost message is re-sent once per period, not on every sweep.
+        if Run.objects.filter(pk=run_id, worker="", status=S.RUNNING).update(admitted_at=now):
+            ring(tasks.execute_run, str(run_id))
+            counts["redispatched"] += 1
+    lost = Run.objects.filter(
+        status=S.RUNNING, heartbeat_at__lt=now - timedelta(seconds=settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)
+    ).exclude(worker="").values_list("id", "worker")
+    for run_id, worker in lost:
+        if run_fail(run_id=run_id, reason=Run.FailureReason.ERROR,
+                    detail=f"The worker executing this run ({worker}) stopped responding. Safe to retry."):
+            counts["lost"] += 1
+    for run_id, started_at, cap in Run.objects.filter(status=S.RUNNING, stage=G.LIVE).values_list(
+        "id", "started_at", "scenario__agent__max_duration_seconds"
+    ):
+        limit = (cap or 300) + DURATION_GRACE_SECONDS
+        if started_at and started_at < now - timedelta(seconds=limit):
+            if run_fail(run_id=run_id, reason=Run.FailureReason.DURATION_CAP_NO_PROGRESS,
+                        detail=f"The conversation was still going after the agent's {cap}s cap."):
+                counts["capped"] += 1
+    return counts

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from django.db import transaction
+from rest_framework import serializers
+
+from assure.api_base import ModelCleanSerializer, WorkspaceScopedField, WorkspaceViewSet
+from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+
+
+class AgentSerializer(ModelCleanSerializer):
+    class Meta:
+        model = Agent
+        fields = ["id", "name", "instructions", "language", "voice_provider", "voice", "llm_base_url", "llm_model",
+                  "llm_api_key", "max_duration_seconds", "end_conditions", "outbound_numbers", "created_at"]
+        extra_kwargs = {"llm_api_key": {"write_only": True}}
+
+
+class FunctionSerializer(ModelCleanSerializer):
+    agent = WorkspaceScopedField(queryset=Agent.objects.all())
+
+    class Meta:
+        model = CustomFunction
+        fields = ["id", "agent", "name", "description", "parameters", "url", "secret", "sync_status", "sync_error",
+                  "synced_at", "created_at"]
+        read_only_fields = ["sync_status", "sync_error", "synced_at"]
+        extra_kwargs = {"secret": {"write_only": True}}
+
+
+class TargetSerializer(ModelCleanSerializer):
+    class Meta:
+        model = Target
+        fields = ["id", "name", "channel", "kind", "url", "phone_number", "headers", "request_template",
+                  "response_path", "model", "created_at"]
+        extra_kwargs = {"headers": {"write_only": True}}
+
+
+class ScenarioSerializer(ModelCleanSerializer):
+    agent = WorkspaceScopedField(queryset=Agent.objects.all())
+    target = WorkspaceScopedField(queryset=Target.objects.all())
+
+    class Meta:
+        model = Scenario
+        fields = ["id", "name", "description", "channel", "direction", "inbound_window_seconds", "agent", "target",
+                  "max_parallel_runs", "criteria", "created_at"]
+
+
+class PathSerializer(ModelCleanSerializer):
+    scenario = WorkspaceScopedField(queryset=Scenario.objects.all())
+
+    class Meta:
+        model = Path
+        fields = ["id", "scenario", "name", "narrative", "script", "criteria", "created_at"]
+
+
+class AgentViewSet(WorkspaceViewSet):
+    model = Agent
+    serializer_class = AgentSerializer
+
+
+class FunctionViewSet(WorkspaceViewSet):
+    model = CustomFunction
+    serializer_class = FunctionSerializer
+    filterset_fields = ["agent", "sync_status"]
+
+    def perform_update(self, serializer):
+        # Any change means the webhook must be checked again before runs use it.
+        with transaction.atomic():
+            serializer.save(sync_status=CustomFunction.SyncStatus.PENDING, sync_error="")
+
+
+class TargetViewSet(WorkspaceViewSet):
+    model = Target
+    serializer_class = TargetSerializer
+    filterset_fields = ["channel", "kind"]
+
+
+class ScenarioViewSet(WorkspaceViewSet):
+    model = Scenario
+    serializer_class = ScenarioSerializer
+    filterset_fields = ["channel"]
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("agent", "target")
+
+
+class PathViewSet(WorkspaceViewSet):
+    model = Path
+    serializer_class = PathSerializer
+    filterset_fields = ["scenario"]
