@@ -25,3 +25,49 @@ def member(workspace):
 def member_client(client, member):
     client.force_login(member)
     return client
+
+
+# Redis for the test session ----------------------------------------------------------------------
+# Each test process gets its own Redis: on the embedded default a private embedded server, against
+# a real Redis its own database number, so parallel test processes (and a `make up` running from
+# the same checkout) never share a queue.
+
+import os  # noqa: E402
+from urllib.parse import urlsplit, urlunsplit  # noqa: E402
+
+
+def _own_redis_db(url: str, worker_id: str) -> str:
+    number = 1 + (int(worker_id[2:]) if worker_id.startswith("gw") else 0)
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_redis_url(tmp_path_factory, worker_id):
+    from django.conf import settings
+
+    from assure.celery import app as celery_app
+    from assure.embedded import EmbeddedRedis
+    from assure.settings import celery_broker_url
+
+    server = None
+    if settings.EMBEDDED_REDIS:
+        server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+        server.start()
+        url = server.url
+    else:
+        import redis
+
+        url = _own_redis_db(os.environ["REDIS_URL"], worker_id)
+        redis.Redis.from_url(url).flushdb()
+    celery_app.conf.broker_url = celery_broker_url(url)
+    celery_app._pool = None  # reconnect to the test Redis
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield url
+    if server is not None:
+        server.stop()

@@ -8,6 +8,7 @@ instead of surfacing later as a confusing failure deep inside a worker.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -106,7 +107,9 @@ def database_config(url: str | None, *, sqlite_path: str) -> dict:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
-            "TEST": {"NAME": sqlite_path.replace(".sqlite3", "-test.sqlite3")},
+            # A file (worker processes started by tests must open it too), private to this process
+            # so two test runs from one checkout never share it.
+            "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"assure-test-{os.getpid()}.sqlite3")},
         }
     import dj_database_url
 

@@ -1,0 +1,139 @@
+"""Real processes and boundary fakes for end-to-end tests.
+
+- ``CeleryWorker``: a real ``celery worker`` process against the test database and test Redis.
+- ``FakeTarget``: a customer's bot on a real local socket (HTTP JSON, or failing on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url() -> str:
+    """A URL for the test database this process is using, for processes we start."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(s['NAME']).resolve()}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class CeleryWorker:
+    """``celery -A assure worker`` as its own process; ``beat=True`` embeds the beat scheduler."""
+
+    def __init__(self, *, redis_url: str, name: str, env: dict | None = None, beat: bool = False, concurrency: int = 1):
+        self.name = name
+        command = [sys.executable, "-m", "celery", "-A", "assure", "worker", "--loglevel", "INFO",
+                   "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-gossip",
+                   "--without-mingle"]
+        if beat:
+            command += ["--beat", "--schedule", os.path.join(tempfile.mkdtemp(prefix="assure-beat-"), "schedule")]
+        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        full_env.update({
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": os.environ.get("SECRET_KEY", "insecure-key-for-the-test-suite-only"),
+            "PYTHONUNBUFFERED": "1",
+            "RUN_HEARTBEAT_SECONDS": "1",
+            "RUN_HEARTBEAT_TIMEOUT_SECONDS": "4",
+            "RUN_SWEEP_SECONDS": "1",
+            **(env or {}),
+        })
+        self.log: list[str] = []
+        self.ready = threading.Event()
+        self.process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.ready.wait(60):
+            self.stop()
+            raise RuntimeError(f"worker {name} did not start:\n{self.output()}")
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.log.append(line)
+            if " ready." in line:
+                self.ready.set()
+
+    def output(self) -> str:
+        return "".join(self.log[-200:])
+
+    def kill(self) -> None:
+        """Kill the worker and its pool processes at once, as a crash or OOM would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class FakeTarget:
+    """A customer's chat bot over HTTP JSON on 127.0.0.1. ``behaviour`` decides each answer.
+
+    behaviour(message: str, count: int) -> (status, body) — count is this bot's request number.
+    """
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with target.lock:
+                    target.requests.append({"body": body, "headers": dict(self.headers)})
+                    count = len(target.requests)
+                status, reply = target.behaviour(body.get("text", body.get("message", "")), count)
+                data = json.dumps(reply).encode() if not isinstance(reply, bytes) else reply
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/chat"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: str = "condition"):
+    """Poll the database-backed ``predicate`` until it holds (the worker is another process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")

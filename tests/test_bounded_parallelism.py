@@ -1,0 +1,69 @@
+"""Admission keeps the bound when many admitters race (threads here; worker processes in the
+end-to-end tests)."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from runs import live, services
+from runs.models import Run
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_racing_admissions_never_exceed_the_bound(monkeypatch, workspace):
+    monkeypatch.setattr(live, "ring", lambda task, *args: None)  # no workers here: admission only
+    workspace.max_parallel_runs = 3
+    workspace.save()
+    scenario = f.ScenarioFactory(workspace=workspace)
+    paths = [f.PathFactory(scenario=scenario, name=f"p{i:02d}") for i in range(12)]
+    created = [services.path_run(path=p) for p in paths]
+    errors = []
+    barrier = threading.Barrier(6)
+
+    def admit():
+        try:
+            barrier.wait()
+            for _ in range(5):
+                services.admit_pending_runs(workspace_id=workspace.pk)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=admit) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    running = list(Run.objects.filter(status="running").order_by("created_at"))
+    assert len(running) == 3
+    assert [r.pk for r in running] == [r.pk for r in created[:3]]  # oldest first
+    # A slot frees up: exactly the next oldest is admitted.
+    services.run_cancel(run_id=running[0].pk)
+    assert services.admit_pending_runs(workspace_id=workspace.pk) == [created[3].pk]
+
+
+def test_paused_queue_admits_nothing(monkeypatch, workspace):
+    monkeypatch.setattr(live, "ring", lambda task, *args: None)
+    path = f.PathFactory(scenario=f.ScenarioFactory(workspace=workspace))
+    services.path_run(path=path)
+    services.workspace_queue_pause(workspace=workspace)
+    assert services.admit_pending_runs(workspace_id=workspace.pk) == []
+    services.workspace_queue_resume(workspace=workspace)
+    assert len(services.admit_pending_runs(workspace_id=workspace.pk)) == 1
+
+
+def test_a_terminal_run_never_changes(monkeypatch, workspace):
+    monkeypatch.setattr(live, "ring", lambda task, *args: None)
+    run = services.path_run(path=f.PathFactory(scenario=f.ScenarioFactory(workspace=workspace)))
+    assert services.run_cancel(run_id=run.pk) is True
+    assert services.run_cancel(run_id=run.pk) is False
+    assert services.run_fail(run_id=run.pk, reason="error", detail="late") is False
+    assert services.admit_pending_runs(workspace_id=workspace.pk) == []
+    run.refresh_from_db()
+    assert (run.status, run.failure_reason) == ("cancelled", "")
+    assert list(run.events.values_list("to_status", flat=True)) == ["pending", "cancelled"]
