@@ -54,6 +54,10 @@ slug_validator = RegexValidator(
 )
 
 
+def default_max_parallel_runs() -> int:
+    return settings.DEFAULT_WORKSPACE_MAX_PARALLEL_RUNS
+
+
 class Workspace(models.Model):
     workspace_path = "pk"
 
@@ -61,7 +65,7 @@ class Workspace(models.Model):
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=50, unique=True, validators=[slug_validator])
     max_parallel_runs = models.PositiveIntegerField(
-        default=5,
+        default=default_max_parallel_runs,
         validators=[MinValueValidator(1), MaxValueValidator(1000)],
         help_text="At most this many runs of the workspace are past queued at once.",
     )

@@ -10,13 +10,9 @@ from assure.models import ApiToken, Membership, Workspace, hash_api_key
 
 @transaction.atomic
 def workspace_create(*, name: str, slug: str, owner=None, max_parallel_runs: int | None = None) -> Workspace:
-    from django.conf import settings
-
-    workspace = Workspace(
-        name=name,
-        slug=slug,
-        max_parallel_runs=max_parallel_runs or settings.DEFAULT_WORKSPACE_MAX_PARALLEL_RUNS,
-    )
+    workspace = Workspace(name=name, slug=slug)
+    if max_parallel_runs is not None:
+        workspace.max_parallel_runs = max_parallel_runs
     workspace.full_clean()
     workspace.save()
     if owner is not None:

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
@@ -28,14 +27,19 @@ from runs import services
 from runs.connectors import ConnectionContext, ConnectorError, TargetUnreachable, connection_for
 from runs.engine import Clock, ScriptedCaller
 from runs.evaluation import evaluate
-from runs.live import publish_run_changed
+from runs.live import group_send, publish_from_loop, publish_run_changed
 from runs.models import CriterionResult, Run, ToolInvocation, Turn
 
 logger = logging.getLogger(__name__)
 F = Run.FailureReason
 
 # ORM calls leave the event loop for these threads; each keeps its own database connection.
-_db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="assure-db")
+# SQLite has one writer at a time, and writers that collide back off by sleeping in its busy
+# handler (tens of milliseconds each); one thread queues them without collisions instead.
+_db_pool = ThreadPoolExecutor(
+    max_workers=1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 8,
+    thread_name_prefix="assure-db",
+)
 
 
 def _db_call(fn):
@@ -58,7 +62,6 @@ class DbRecorder:
         self.run_id = run_id
         self.turn_seq = 0
         self.tool_seq = 0
-        self.layer = get_channel_layer()
 
     async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False):
         self.turn_seq += 1
@@ -75,12 +78,8 @@ class DbRecorder:
             await self._publish({"type": "run.tool", "run": str(self.run_id), **row})
 
     async def _publish(self, message: dict) -> None:
-        if self.layer is None:
-            return
-        try:
-            await asyncio.wait_for(self.layer.group_send(f"run-{self.run_id}", message), 2)
-        except Exception as exc:  # the row is saved; a page reload or reconnect shows it
-            logger.warning("could not publish to run-%s: %s", self.run_id, exc)
+        # The row is saved first; a page that misses this push catches up by sequence number.
+        await group_send([f"run-{self.run_id}"], message)
 
 
 def _save_if_running(model, run_id, row: dict) -> bool:
@@ -237,6 +236,7 @@ class ConversationHost:
         # client under concurrency), with no per-host connection cap.
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60))
         self.loop.create_task(self._heartbeat())
+        publish_from_loop(self.loop)
 
     def submit(self, run_id: str) -> None:
         self.loop.call_soon_threadsafe(self._start, run_id)
