@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, RestrictedError
 from rest_framework import exceptions, serializers, viewsets
 
 from assure.tenancy import request_workspace, scoped
@@ -54,8 +54,9 @@ class WorkspaceViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance):
         try:
             instance.delete()
-        except ProtectedError as exc:
-            users = sorted({str(obj) for obj in exc.protected_objects})[:5]
+        except (ProtectedError, RestrictedError) as exc:
+            blocking = exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+            users = sorted({str(obj) for obj in blocking})[:5]
             raise Conflict(f"{instance} is still used by: {', '.join(users)}. Change or delete those first.") from None
 
 

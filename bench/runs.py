@@ -235,9 +235,11 @@ def run_benchmarks(port: int, *, quick: bool, levels: list[int]) -> None:
         statuses = dict(Run.objects.filter(batch=batch).values_list("status").annotate(__import__("django").db.models.Count("id")).order_by())
         added = [lat - 1000 for lat in Turn.objects.filter(run__batch=batch, speaker="target").values_list("latency_ms", flat=True)]
         live_peak = max_live(batch)
+        phases = phase_spread(batch)
         print(f"   K={level}: {statuses}, peak live {live_peak}, wall {elapsed:.1f} s (ideal ~3 s), "
               f"added latency per turn p50 {statistics.median(added):.0f} ms, p99 {percentile(added, 99):.0f} ms, "
               f"max {max(added)} ms")
+        print(f"      {phases}")
 
 
 def max_live(batch) -> int:
@@ -254,6 +256,22 @@ def max_live(batch) -> int:
         current += d
         peak = max(peak, current)
     return peak
+
+
+def phase_spread(batch) -> str:
+    """When the batch's runs reached each stage, relative to the first enqueue (seconds)."""
+    from django.db.models import Max, Min
+
+    from runs.models import RunEvent
+
+    events = RunEvent.objects.filter(run__batch=batch)
+    t0 = events.aggregate(t=Min("at"))["t"]
+    parts = []
+    for stage in ("materializing", "live", "finalizing", "done"):
+        span = events.filter(to_stage=stage).aggregate(first=Min("at"), last=Max("at"))
+        if span["first"]:
+            parts.append(f"{stage} {(span['first'] - t0).total_seconds():.2f}-{(span['last'] - t0).total_seconds():.2f}")
+    return "stages reached (s after enqueue): " + ", ".join(parts)
 
 
 def settings_vendor() -> str:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from django.db import transaction
 from rest_framework import serializers
 
 from assure.api_base import ModelCleanSerializer, WorkspaceScopedField, WorkspaceViewSet
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+from scenarios.services import function_mark_changed
 
 
 class AgentSerializer(ModelCleanSerializer):
@@ -63,9 +63,10 @@ class FunctionViewSet(WorkspaceViewSet):
     filterset_fields = ["agent", "sync_status"]
 
     def perform_update(self, serializer):
-        # Any change means the webhook must be checked again before runs use it.
-        with transaction.atomic():
-            serializer.save(sync_status=CustomFunction.SyncStatus.PENDING, sync_error="")
+        function = serializer.instance
+        changed = [name for name, value in serializer.validated_data.items() if getattr(function, name) != value]
+        function_mark_changed(function=function, changed_fields=changed)
+        serializer.save()
 
 
 class TargetViewSet(WorkspaceViewSet):

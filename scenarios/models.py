@@ -206,8 +206,8 @@ class Scenario(WorkspaceOwned):
         validators=[MinValueValidator(10), MaxValueValidator(86400)],
         help_text="Inbound runs wait this long for the target's call.",
     )
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="scenarios")
-    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="scenarios")
+    agent = models.ForeignKey(Agent, on_delete=models.RESTRICT, related_name="scenarios")
+    target = models.ForeignKey(Target, on_delete=models.RESTRICT, related_name="scenarios")
     criteria = models.JSONField(default=list, blank=True, validators=[validators.validate_criteria])
     max_parallel_runs = models.PositiveIntegerField(
         null=True,

@@ -1,0 +1,134 @@
+from django.contrib import admin
+
+from assure.admin_scoping import (
+    SameWorkspaceInlineFormSet,
+    SecretFieldsForm,
+    WorkspaceScopedMixin,
+    change_link,
+    changelist_link,
+)
+from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+from scenarios.services import SYNC_RELEVANT_FIELDS, function_mark_changed
+
+# Set by the sync service, never by hand: a function is usable only once its webhook is synced.
+SYNC_FIELDS = ("sync_status", "sync_error", "synced_at")
+
+
+class AgentForm(SecretFieldsForm):
+    secret_fields = ("llm_api_key",)
+
+
+class CustomFunctionForm(SecretFieldsForm):
+    secret_fields = ("secret",)
+
+    def save(self, commit=True):
+        # Compare with the stored row: a blank secret input or a reformatted JSON schema shows up
+        # in changed_data without changing anything.
+        if self.instance.pk:
+            stored = CustomFunction.objects.filter(pk=self.instance.pk).first()
+            if stored is not None:
+                changed = [name for name in SYNC_RELEVANT_FIELDS if getattr(stored, name) != getattr(self.instance, name)]
+                function_mark_changed(function=self.instance, changed_fields=changed)
+        return super().save(commit)
+
+
+class CustomFunctionInline(WorkspaceScopedMixin, admin.StackedInline):
+    model = CustomFunction
+    form = CustomFunctionForm
+    formset = SameWorkspaceInlineFormSet
+    hidden_from_viewers = ("secret",)
+    fields = ["name", "description", "parameters", "url", "secret", *SYNC_FIELDS]
+    readonly_fields = SYNC_FIELDS
+    extra = 0
+    show_change_link = True
+
+
+@admin.register(Agent)
+class AgentAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
+    form = AgentForm
+    hidden_from_viewers = ("llm_api_key",)
+    inlines = [CustomFunctionInline]
+    list_display = ["name", "workspace", "language", "voice_provider", "voice", "llm_model", "max_duration_seconds"]
+    list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "voice_provider", "language"]
+    search_fields = ["name", "instructions"]
+    list_select_related = ["workspace"]
+
+
+@admin.register(CustomFunction)
+class CustomFunctionAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
+    form = CustomFunctionForm
+    hidden_from_viewers = ("secret",)
+    list_display = ["name", "agent_link", "workspace", "sync_status", "synced_at", "url"]
+    list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "sync_status"]
+    search_fields = ["name", "description", "url", "agent__name"]
+    list_select_related = ["agent", "workspace"]
+    readonly_fields = [*SYNC_FIELDS, "updated_at"]
+
+    @admin.display(description="agent", ordering="agent__name")
+    def agent_link(self, obj):
+        return change_link(obj.agent)
+
+
+@admin.register(Target)
+class TargetAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
+    # Headers carry the target's credentials: in the form for those who edit it, nowhere else.
+    hidden_from_viewers = ("headers",)
+    list_display = ["name", "workspace", "channel", "kind", "endpoint"]
+    list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "channel", "kind"]
+    search_fields = ["name", "url", "phone_number"]
+    list_select_related = ["workspace"]
+
+    @admin.display(description="endpoint")
+    def endpoint(self, obj):
+        return obj.phone_number or obj.url or None
+
+
+class PathInline(WorkspaceScopedMixin, admin.StackedInline):
+    model = Path
+    formset = SameWorkspaceInlineFormSet
+    fields = ["name", "narrative", "script", "criteria"]
+    extra = 0
+    show_change_link = True
+
+
+@admin.register(Scenario)
+class ScenarioAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
+    inlines = [PathInline]
+    list_display = ["name", "workspace", "channel", "direction", "agent_link", "target_link", "runs"]
+    list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "channel", "direction"]
+    search_fields = ["name", "description", "agent__name", "target__name"]
+    list_select_related = ["workspace", "agent", "target"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["runs"] if obj is not None else []
+
+    @admin.display(description="agent", ordering="agent__name")
+    def agent_link(self, obj):
+        return change_link(obj.agent)
+
+    @admin.display(description="target", ordering="target__name")
+    def target_link(self, obj):
+        return change_link(obj.target)
+
+    @admin.display(description="runs")
+    def runs(self, obj):
+        return changelist_link("runs.run", "Runs", scenario__id__exact=obj.pk)
+
+
+@admin.register(Path)
+class PathAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
+    list_display = ["name", "scenario_link", "workspace", "created_at", "runs"]
+    list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "scenario__channel"]
+    search_fields = ["name", "narrative", "scenario__name"]
+    list_select_related = ["workspace", "scenario"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["runs"] if obj is not None else []
+
+    @admin.display(description="scenario", ordering="scenario__name")
+    def scenario_link(self, obj):
+        return change_link(obj.scenario)
+
+    @admin.display(description="runs")
+    def runs(self, obj):
+        return changelist_link("runs.run", "Runs", path__id__exact=obj.pk)
