@@ -123,7 +123,9 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if self.socket.exists():
+        # Another server may already have taken the path over (a new `make up` that started while
+        # this one stopped); its socket is not ours to remove.
+        if self.socket.exists() and not is_running(self.socket):
             self.socket.unlink()
 
     def __enter__(self) -> "EmbeddedRedis":

@@ -27,4 +27,6 @@ urlpatterns = [
     path("api/v1/workspace/", api.WorkspaceView.as_view(), name="api-workspace"),
     path("api/v1/", include("runs.urls")),
     path("demo-target/chat/", demo_target.chat, name="demo-target-chat"),
+    # Run pages (scenario page, live run view, queue, results): runs/urls_pages.py.
+    path("", include("runs.urls_pages")),
 ]

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from runs import services
 from runs.connectors import ConnectionContext, ConnectorError, TargetUnreachable, connection_for
+from runs.connectors import demo, http_json, openai_chat, websocket  # noqa: F401  (loaded once, not in a run's first turn)
 from runs.engine import Clock, ScriptedCaller
 from runs.evaluation import evaluate
 from runs.live import group_send, publish_from_loop, publish_run_changed
@@ -195,12 +196,12 @@ async def execute(run_id, *, worker: str, http: aiohttp.ClientSession) -> None:
         await db(publish_run_changed, run_id)
         context = ConnectionContext(session_id=str(run_id), http=http, secrets=loaded["secrets"])
         cap = snapshot["agent"].get("max_duration_seconds") or 300
-        clock = Clock()
         try:
             connection = connection_for(snapshot["target"], context)
         except ConnectorError as exc:
             await db(services.run_fail, run_id=run_id, reason=F.ERROR, detail=str(exc))
             return
+        clock = Clock()
         try:
             outcome = await asyncio.wait_for(
                 ScriptedCaller(script).converse(connection, DbRecorder(run_id), clock), timeout=cap

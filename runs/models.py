@@ -96,6 +96,7 @@ class Run(WorkspaceOwned):
     worker = models.CharField(max_length=200, blank=True, help_text="The process executing the run.")
     cancel_requested = models.BooleanField(default=False)
     metrics = models.JSONField(default=dict, blank=True)
+    recording_url = models.CharField(max_length=500, blank=True, help_text="The call's recording, for voice runs.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

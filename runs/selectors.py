@@ -43,3 +43,47 @@ def queue_for(workspace: Workspace) -> dict:
 def batch_progress(batch_id) -> dict:
     counts = dict(Run.objects.filter(batch_id=batch_id).values_list("status").annotate(n=Count("id")).order_by())
     return {status: counts.get(status, 0) for status in Run.Status.values}
+
+
+def latest_runs_by_path(paths) -> dict:
+    """{path id: its most recent run} for the given paths (paths with no run are absent)."""
+    from django.db.models import OuterRef, Subquery
+
+    from scenarios.models import Path
+
+    latest = Run.objects.filter(path=OuterRef("pk")).order_by("-created_at").values("id")[:1]
+    ids = Path.objects.filter(pk__in=[p.pk for p in paths]).annotate(latest=Subquery(latest)).values_list("latest", flat=True)
+    return {run.path_id: run for run in Run.objects.filter(pk__in=[i for i in ids if i])}
+
+
+def latest_batch(scenario):
+    from runs.models import Batch
+
+    return Batch.objects.filter(scenario=scenario).order_by("-created_at").first()
+
+
+def timeline(run: Run) -> list[dict]:
+    """The stages of a run with the time each was reached (None: not yet, or skipped)."""
+    reached = {}
+    for stage, at in run.events.order_by("at", "id").values_list("to_stage", "at"):
+        reached.setdefault(stage, at)
+    return [{"stage": value, "label": label, "at": reached.get(value)} for value, label in Run.Stage.choices]
+
+
+def transcript(run: Run) -> list[tuple[str, object]]:
+    """Turns and tool invocations interleaved by time, as the live view shows them."""
+    items = [("turn", t.started_ms, t.seq, t) for t in run.turns.order_by("seq")]
+    items += [("tool", c.at_ms, c.seq, c) for c in run.tool_invocations.order_by("seq")]
+    items.sort(key=lambda item: (item[1], 0 if item[0] == "turn" else 1, item[2]))
+    return [(kind, obj) for kind, _, _, obj in items]
+
+
+def results_for(workspace, *, scenario=None, verdict=None, status=None) -> QuerySet:
+    runs = runs_for(workspace).filter(status__in=TERMINAL_STATUSES).order_by("-ended_at", "-created_at")
+    if scenario:
+        runs = runs.filter(scenario_id=scenario)
+    if verdict:
+        runs = runs.filter(verdict=verdict)
+    if status:
+        runs = runs.filter(status=status)
+    return runs

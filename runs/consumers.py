@@ -1,0 +1,210 @@
+"""Websockets for the live pages. Groups (DESIGN.md, "Live view"): ``run-<id>`` carries turns,
+tool invocations and stage changes; ``scenario-<id>`` path statuses; ``workspace-<id>`` the queue.
+
+Pages render from the database, then apply what arrives here. Messages to the browser:
+``{"type": "turn" | "tool", "seq", "html"}`` (appended in sequence order), ``{"type": "replace",
+"id", "html"}`` (an element replaced whole), ``{"type": "latency", "ms"}``. The browser sends
+``{"type": "resume", "turn_seq", "tool_seq"}`` on every (re)connect and on a gap, and gets every
+row after those numbers from the database: nothing is lost on a flaky connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.template.loader import render_to_string
+
+from assure.models import Membership
+from runs import selectors
+from runs.models import Run, ToolInvocation, Turn
+
+TERMINAL = {s.value for s in (Run.Status.COMPLETED, Run.Status.FAILED, Run.Status.CANCELLED)}
+
+
+@database_sync_to_async
+def _membership(user, workspace_id) -> Membership | None:
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return Membership.objects.filter(user=user, workspace_id=workspace_id).first()
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    """Refuses anonymous users and anyone who is not a member of the object's workspace."""
+
+    groups_to_join: list[str] = []
+
+    async def connect(self):
+        workspace_id = await self.workspace_id()
+        self.membership = await _membership(self.scope.get("user"), workspace_id) if workspace_id else None
+        if self.membership is None:
+            await self.close(code=4403)
+            return
+        self.can_edit = self.membership.role != Membership.Role.VIEWER
+        for group in self.groups_to_join:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        for group in self.groups_to_join:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def workspace_id(self):
+        raise NotImplementedError
+
+    async def replace(self, element_id: str, html: str) -> None:
+        await self.send_json({"type": "replace", "id": element_id, "html": html})
+
+    # Events a consumer does not need are ignored rather than failing the socket.
+    async def run_turn(self, event):
+        pass
+
+    async def run_tool(self, event):
+        pass
+
+    async def run_changed(self, event):
+        pass
+
+
+class RunConsumer(LiveConsumer):
+    async def workspace_id(self):
+        self.run_id = str(self.scope["url_route"]["kwargs"]["pk"])
+        self.groups_to_join = [f"run-{self.run_id}"]
+        return await database_sync_to_async(
+            lambda: Run.objects.filter(pk=self.run_id).values_list("workspace_id", flat=True).first()
+        )()
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "resume":
+            await self.resume(int(content.get("turn_seq") or 0), int(content.get("tool_seq") or 0))
+
+    async def resume(self, turn_seq: int, tool_seq: int) -> None:
+        """Everything after the client's sequence numbers, then the run's current state."""
+        turns, tools = await database_sync_to_async(self._missing)(turn_seq, tool_seq)
+        for turn in turns:
+            await self.send_turn(turn)
+        for tool in tools:
+            await self.send_json({"type": "tool", "seq": tool["seq"], "html": render_to_string("runs/partials/tool.html", {"tool": tool})})
+        await self.send_state()
+
+    def _missing(self, turn_seq: int, tool_seq: int):
+        turns = list(Turn.objects.filter(run_id=self.run_id, seq__gt=turn_seq).order_by("seq").values(
+            "seq", "speaker", "text", "started_ms", "latency_ms", "is_error"))
+        tools = list(ToolInvocation.objects.filter(run_id=self.run_id, seq__gt=tool_seq).order_by("seq").values(
+            "seq", "name", "arguments", "result", "at_ms", "status"))
+        return turns, tools
+
+    async def send_turn(self, turn: dict) -> None:
+        await self.send_json({"type": "turn", "seq": turn["seq"], "html": render_to_string("runs/partials/turn.html", {"turn": turn})})
+        if turn.get("latency_ms") is not None:
+            await self.send_json({"type": "latency", "ms": turn["latency_ms"]})
+
+    async def send_state(self) -> None:
+        header, summary = await database_sync_to_async(self._render_state)()
+        await self.replace("run-header", header)
+        await self.replace("run-summary", summary)
+
+    def _render_state(self) -> tuple[str, str]:
+        run = Run.objects.prefetch_related("criteria_results").get(pk=self.run_id)
+        context = {"run": run, "timeline": selectors.timeline(run), "can_edit": self.can_edit}
+        return (render_to_string("runs/partials/run_header.html", context),
+                render_to_string("runs/partials/run_summary.html", context))
+
+    async def run_turn(self, event):
+        await self.send_turn(event)
+
+    async def run_tool(self, event):
+        await self.send_json({"type": "tool", "seq": event["seq"], "html": render_to_string("runs/partials/tool.html", {"tool": event})})
+
+    async def run_changed(self, event):
+        await self.send_state()
+
+
+class ScenarioConsumer(LiveConsumer):
+    async def workspace_id(self):
+        from scenarios.models import Scenario
+
+        self.scenario_id = str(self.scope["url_route"]["kwargs"]["pk"])
+        self.groups_to_join = [f"scenario-{self.scenario_id}"]
+        return await database_sync_to_async(
+            lambda: Scenario.objects.filter(pk=self.scenario_id).values_list("workspace_id", flat=True).first()
+        )()
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "resume":  # a reconnect: everything may have changed meanwhile
+            for element_id, html in await database_sync_to_async(self._render_all)():
+                await self.replace(element_id, html)
+
+    def _render_all(self) -> list[tuple[str, str]]:
+        from runs.views import scenario_context
+        from scenarios.models import Scenario
+
+        context = scenario_context(Scenario.objects.get(pk=self.scenario_id))
+        fragments = [(f"path-status-{row['path'].pk}", render_to_string("runs/partials/path_status.html", row))
+                     for row in context["rows"]]
+        fragments.append(("batch-progress", render_to_string("runs/partials/batch_progress.html", context)))
+        return fragments
+
+    async def run_changed(self, event):
+        for element_id, html in await database_sync_to_async(self._render_for)(event["run"]):
+            await self.replace(element_id, html)
+
+    def _render_for(self, run_id) -> list[tuple[str, str]]:
+        run = Run.objects.filter(pk=run_id).select_related("path", "batch").first()
+        if run is None or run.path is None:
+            return []
+        latest = selectors.latest_runs_by_path([run.path]).get(run.path_id)
+        fragments = [(f"path-status-{run.path_id}", render_to_string("runs/partials/path_status.html", {"path": run.path, "run": latest}))]
+        batch = selectors.latest_batch(run.scenario) if run.scenario_id else None
+        if batch is not None and batch.pk == run.batch_id:
+            fragments.append(("batch-progress", render_to_string(
+                "runs/partials/batch_progress.html", {"batch": batch, "progress": selectors.batch_progress(batch.pk)})))
+        return fragments
+
+
+class QueueConsumer(LiveConsumer):
+    """The workspace's queue. Changes come in bursts (a batch finishing), so they are coalesced:
+    one re-render per short window, whatever the number of changes in it."""
+
+    COALESCE_SECONDS = 0.15
+
+    async def workspace_id(self):
+        user = self.scope.get("user")
+        workspace_id = await database_sync_to_async(self._current_workspace_id)(user)
+        self.workspace = workspace_id
+        self.groups_to_join = [f"workspace-{workspace_id}"]
+        self.pending_render: asyncio.Task | None = None
+        return workspace_id
+
+    def _current_workspace_id(self, user):
+        from assure.tenancy import SESSION_KEY, user_workspaces
+
+        workspaces = user_workspaces(user)
+        chosen = self.scope.get("session", {}).get(SESSION_KEY)
+        workspace = (workspaces.filter(pk=chosen).first() if chosen else None) or workspaces.order_by("name").first()
+        return workspace.pk if workspace else None
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "resume":
+            await self.render()
+
+    async def run_changed(self, event):
+        if self.pending_render is None or self.pending_render.done():
+            self.pending_render = asyncio.ensure_future(self._render_soon())
+
+    async def _render_soon(self):
+        await asyncio.sleep(self.COALESCE_SECONDS)
+        await self.render()
+
+    async def render(self):
+        html = await database_sync_to_async(self._render)()
+        await self.replace("queue-tables", html)
+
+    def _render(self) -> str:
+        from assure.models import Workspace
+        from runs.views import queue_context
+
+        context = queue_context(Workspace.objects.get(pk=self.workspace))
+        context["can_edit"] = self.can_edit
+        return render_to_string("runs/partials/queue_tables.html", context)
