@@ -36,6 +36,7 @@ class CeleryWorker:
 
     def __init__(self, *, redis_url: str, name: str, env: dict | None = None, beat: bool = False, concurrency: int = 1):
         self.name = name
+        self.redis_url = redis_url
         command = [sys.executable, "-m", "celery", "-A", "assure", "worker", "--loglevel", "INFO",
                    "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-gossip",
                    "--without-mingle"]
@@ -137,3 +138,54 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: st
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaphneServer:
+    """The product's web process (HTTP + websockets) on the test database and test Redis."""
+
+    def __init__(self, *, redis_url: str, env: dict | None = None):
+        import socket
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        full_env.update({
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": os.environ.get("SECRET_KEY", "insecure-key-for-the-test-suite-only"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        })
+        self.log: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "assure.asgi:application"],
+            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        threading.Thread(target=lambda: [self.log.append(line) for line in self.process.stdout], daemon=True).start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("daphne exited:\n" + "".join(self.log))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("daphne did not start:\n" + "".join(self.log))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)

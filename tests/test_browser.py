@@ -1,0 +1,200 @@
+"""The QA team's pages in a real browser (Debian's Chromium driven by Playwright) against the real
+product: daphne serving HTTP and websockets, Celery workers, the demo target.
+
+With CI=true a missing browser fails the suite; elsewhere these tests skip and say how to
+install it. ASSURE_SCREENSHOTS=<folder> saves screenshots of the main pages there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from assure.models import Workspace
+from runs import services
+from runs.models import Run, Turn
+from scenarios.demo import demo_seed
+from scenarios.models import Path as ScenarioPath
+from tests import factories as f
+from tests.support import CeleryWorker, DaphneServer, FakeTarget, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are plain
+# synchronous code between browser steps, which Django would otherwise refuse.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        message = ("Browser tests need Debian's Chromium: `apt-get install chromium chromium-driver` "
+                   "(.ci/run installs it).")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def product(django_db_setup, django_db_blocker, test_redis_url):
+    with django_db_blocker.unblock():
+        web = DaphneServer(redis_url=test_redis_url)
+        env = {"DEMO_TARGET_URL": f"{web.url}/demo-target/chat/"}
+        workers = [CeleryWorker(redis_url=test_redis_url, name="b1", env=env, beat=True),
+                   CeleryWorker(redis_url=test_redis_url, name="b2", env=env)]
+    yield web
+    for worker in workers:
+        worker.stop()
+    web.stop()
+
+
+@pytest.fixture
+def demo(db):
+    return demo_seed(password="demo-password")
+
+
+@pytest.fixture
+def page(browser, product, demo):
+    context = browser.new_context(base_url=product.url, viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(20000)
+    page.goto("/login/")
+    page.fill("#id_username", "demo")
+    page.fill("#id_password", "demo-password")
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/login/" not in url)
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    folder = os.environ.get("ASSURE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def live(page) -> None:
+    page.wait_for_selector("[data-live][data-state=live]", state="attached")
+
+
+def mark(page) -> None:
+    """Tag the loaded document; the tag survives only if the page is never reloaded."""
+    page.evaluate("window.__notReloaded = true")
+
+
+def not_reloaded(page) -> bool:
+    return page.evaluate("window.__notReloaded === true")
+
+
+def test_run_all_paths_updates_each_path_live(page, demo):
+    scenario = demo.scenario_set.get(channel="chat") if hasattr(demo, "scenario_set") else None
+    from scenarios.models import Scenario
+
+    scenario = Scenario.objects.get(workspace=demo, channel="chat")
+    services.workspace_queue_pause(workspace=demo)  # runs wait until the page is watching
+    page.goto(f"/scenarios/{scenario.pk}/")
+    page.click("text=Run all paths")
+    page.wait_for_selector("#batch-progress [data-count=pending]")
+    live(page)
+    mark(page)
+    assert page.locator("td.path-status[data-status=pending]").count() == 3
+    services.workspace_queue_resume(workspace=Workspace.objects.get(pk=demo.pk))
+    page.wait_for_function("document.querySelectorAll('td.path-status[data-status=completed]').length === 3")
+    assert not_reloaded(page)
+    assert page.locator("#batch-progress [data-count=completed]").inner_text() == "3 completed"
+    screenshot(page, "scenario-page")
+
+
+def slow_path(workspace, pause_ms=1200, steps=4):
+    bot = FakeTarget(lambda message, n: (200, {"reply": f"Reply {n} to: {message}"}))
+    target = f.TargetFactory(workspace=workspace, url=bot.url)
+    scenario = f.ScenarioFactory(workspace=workspace, target=target, name="Slow bot")
+    script = []
+    for i in range(steps):
+        script += [{"say": f"Message {i + 1}"}, {"pause_ms": pause_ms}]
+    path = f.PathFactory(scenario=scenario, name="Patient caller", script=script + [{"end_call": True}])
+    return bot, ScenarioPath.objects.select_related("scenario__agent", "scenario__target").get(pk=path.pk)
+
+
+def test_a_running_run_shows_turns_as_they_happen(page, demo):
+    bot, path = slow_path(demo)
+    try:
+        run = services.path_run(path=path)
+        wait_for(lambda: Turn.objects.filter(run=run).count() >= 2, message="the run to go live")
+        page.goto(f"/runs/{run.pk}/")
+        live(page)
+        mark(page)
+        shown = page.locator("#transcript .turn").count()
+        page.wait_for_function(f"document.querySelectorAll('#transcript .turn').length > {shown + 1}")
+        assert page.locator("#run-header").get_attribute("data-stage") == "live"
+        screenshot(page, "live-run")
+        page.wait_for_selector("#run-header[data-status=completed]", timeout=30000)
+        assert not_reloaded(page)
+        seqs = page.eval_on_selector_all("#transcript .turn", "els => els.map(e => +e.dataset.seq)")
+        assert seqs == list(range(1, Turn.objects.filter(run=run).count() + 1))  # no gaps, no duplicates
+        assert page.locator("#run-summary .verdict-passed, #run-summary .verdict-failed").count() >= 1
+    finally:
+        bot.close()
+
+
+def test_a_dropped_websocket_reconnects_and_fetches_what_it_missed(page, demo):
+    bot, path = slow_path(demo, pause_ms=700, steps=5)
+    try:
+        run = services.path_run(path=path)
+        wait_for(lambda: Turn.objects.filter(run=run).exists(), message="the run to go live")
+        page.goto(f"/runs/{run.pk}/")
+        live(page)
+        # Drop the connection as a flaky network would; turns keep being saved meanwhile.
+        page.evaluate("window.assureLive.socket.close()")
+        page.wait_for_selector("#run-header[data-status=completed]", timeout=40000)
+        seqs = page.eval_on_selector_all("#transcript .turn", "els => els.map(e => +e.dataset.seq)")
+        assert seqs == list(range(1, Turn.objects.filter(run=run).count() + 1))
+    finally:
+        bot.close()
+
+
+def test_cancel_a_run_from_the_queue_page(page, demo):
+    bot, path = slow_path(demo, pause_ms=20000, steps=2)
+    try:
+        run = services.path_run(path=path)
+        wait_for(lambda: Turn.objects.filter(run=run).exists(), message="the run to go live")
+        page.goto("/queue/")
+        live(page)
+        row = page.locator(f"#run-row-{run.pk}")
+        assert row.get_attribute("data-status") == "running"
+        screenshot(page, "queue-page")
+        row.locator("[data-action=cancel]").click()
+        page.wait_for_selector(f"#queue-recent #run-row-{run.pk}[data-status=cancelled]")
+        assert Run.objects.get(pk=run.pk).status == "cancelled"
+    finally:
+        bot.close()
+
+
+def test_a_paused_queue_keeps_new_runs_queued(page, demo):
+    path = ScenarioPath.objects.select_related("scenario__agent", "scenario__target").filter(
+        workspace=demo, scenario__channel="chat").first()
+    page.goto("/queue/")
+    page.click("#queue-pause")
+    page.wait_for_selector("#queue-resume")
+    live(page)
+    mark(page)
+    run = services.path_run(path=path)
+    page.wait_for_selector(f"#queue-queued #run-row-{run.pk}[data-status=pending]")
+    time.sleep(2.5)  # two sweep periods: a paused queue admits nothing
+    assert Run.objects.get(pk=run.pk).status == "pending"
+    assert page.locator(f"#queue-queued #run-row-{run.pk}").count() == 1
+    page.click("#queue-resume")
+    page.wait_for_selector(f"#queue-recent #run-row-{run.pk}[data-status=completed]")
