@@ -93,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
     parser.add_argument("--levels", default="100,200,300,500", help="concurrency levels for part 3")
+    parser.add_argument("--parts", default="1,2,3", help="which measurements to run")
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="assure-bench-"))
@@ -134,7 +135,9 @@ def main() -> None:
     )
     try:
         time.sleep(4)  # the worker connects
-        run_benchmarks(port, quick=args.quick, levels=[int(x) for x in args.levels.split(",")])
+        print(f"worker pid {worker.pid}", flush=True)
+        run_benchmarks(port, quick=args.quick, levels=[int(x) for x in args.levels.split(",")],
+                       parts={int(x) for x in args.parts.split(",")})
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
@@ -178,16 +181,25 @@ def wait_done(run_ids, timeout):
     raise SystemExit(f"runs did not finish within {timeout}s")
 
 
-def run_benchmarks(port: int, *, quick: bool, levels: list[int]) -> None:
+def run_benchmarks(port: int, *, quick: bool, levels: list[int], parts: set[int]) -> None:
     from assure.models import Workspace
-    from runs import services
-    from runs.models import Run, RunEvent, Turn
 
     workspace = Workspace.objects.create(name="Bench", slug="bench", max_parallel_runs=1000)
     instant = f"http://127.0.0.1:{port}/instant"
     print(f"database: {settings_vendor()}, redis: {'embedded' if os.environ['REDIS_URL'].startswith('unix') else 'server'}")
 
-    # 1. enqueue -> materializing, idle worker
+    if 1 in parts:
+        part_latency(workspace, instant, quick)
+    if 2 in parts:
+        part_overhead(workspace, instant, port, quick)
+    if 3 in parts:
+        part_concurrency(workspace, port, quick, levels)
+
+
+def part_latency(workspace, instant, quick):
+    from runs import services
+    from runs.models import RunEvent
+
     n = 20 if quick else 60
     scenario = make_scenario(workspace, name="latency", url=instant, paths=n, script=[{"say": "hi"}, {"end_call": True}])
     delays = []
@@ -201,7 +213,12 @@ def run_benchmarks(port: int, *, quick: bool, levels: list[int]) -> None:
     print(f"   p50 {statistics.median(delays):.1f} ms, p99 {percentile(delays, 99):.1f} ms "
           f"(Celery floor in FLOORS.md: p50 2.0-2.7 ms, p99 4.1-5.0 ms)")
 
-    # 2. per-run overhead, 6-turn scripted conversation, 50 at once
+
+
+def part_overhead(workspace, instant, port, quick):
+    from runs import services
+    from runs.models import Run
+
     turns = 6
     script = [{"say": f"message {i}"} for i in range(turns)] + [{"end_call": True}]
     samples = []
@@ -223,7 +240,14 @@ def run_benchmarks(port: int, *, quick: bool, levels: list[int]) -> None:
           f"{per_run:.1f} ms per run; bare http.client loop {bare_ms:.2f} ms per conversation; "
           f"ratio {per_run / bare_ms:.1f}x (runs overlap, so this is throughput per run, not one run's latency)")
 
-    # 3. concurrent conversations in one worker process, 1 s think time
+
+
+def part_concurrency(workspace, port, quick, levels):
+    from django.db.models import Count
+
+    from runs import services
+    from runs.models import Run, Turn
+
     print("\n3. concurrent conversations in one worker process, target thinks 1 s per turn, 3 turns each:")
     for level in levels if not quick else levels[:2]:
         scenario = make_scenario(workspace, name=f"think{level}", url=f"http://127.0.0.1:{port}/think", paths=level,
@@ -232,7 +256,7 @@ def run_benchmarks(port: int, *, quick: bool, levels: list[int]) -> None:
         batch, runs = services.scenario_run_all(scenario=scenario)
         wait_done([r.pk for r in runs], 300)
         elapsed = time.perf_counter() - start
-        statuses = dict(Run.objects.filter(batch=batch).values_list("status").annotate(__import__("django").db.models.Count("id")).order_by())
+        statuses = dict(Run.objects.filter(batch=batch).values_list("status").annotate(Count("id")).order_by())
         added = [lat - 1000 for lat in Turn.objects.filter(run__batch=batch, speaker="target").values_list("latency_ms", flat=True)]
         live_peak = max_live(batch)
         phases = phase_spread(batch)

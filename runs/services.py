@@ -65,7 +65,8 @@ def _after_terminal(run_id) -> None:
     from runs.live import publish_run_changed, ring
 
     workspace_id = Run.objects.filter(pk=run_id).values_list("workspace_id", flat=True).first()
-    transaction.on_commit(lambda: ring(tasks.admit_runs, str(workspace_id)))
+    if Run.objects.filter(workspace_id=workspace_id, status=S.PENDING).exists():
+        transaction.on_commit(lambda: ring(tasks.admit_runs, str(workspace_id)))
     transaction.on_commit(lambda: publish_run_changed(run_id))
 
 
@@ -212,6 +213,8 @@ def admit_pending_runs(*, workspace_id) -> list:
     first, skipping those whose scenario is at its own bound; move each admitted run with a
     conditional update. The bound therefore holds at every instant.
     """
+    if not Run.objects.filter(workspace_id=workspace_id, status=S.PENDING).exists():
+        return []  # the common case when a run ends: nothing waits, so no lock is taken
     with transaction.atomic():
         workspace = Workspace.objects.select_for_update().filter(pk=workspace_id).first()
         if workspace is None or workspace.queue_paused:

@@ -1,4 +1,5 @@
 from celery import shared_task
+from celery.signals import worker_process_init
 
 from runs import services
 
@@ -19,3 +20,12 @@ def execute_run(run_id: str) -> None:
 @shared_task(ignore_result=True)
 def sweep_runs() -> None:
     services.sweep()
+
+
+@worker_process_init.connect
+def start_conversation_host(**kwargs) -> None:
+    """Start each worker process's conversation loop before its first run, so a run never pays
+    for importing the connectors and HTTP clients (over a second on a cold process)."""
+    from runs.executor import get_host
+
+    get_host()
