@@ -173,6 +173,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     # The safety net under every doorbell (runs/services.py, sweep).
     "sweep-runs": {"task": "runs.tasks.sweep_runs", "schedule": float(env_int("RUN_SWEEP_SECONDS", 2, minimum=1))},
+    # Functions left pending by a lost sync message.
+    "resync-stale-functions": {"task": "scenarios.tasks.resync_stale_functions", "schedule": 30.0},
 }
 
 # Run execution: executors mark their runs alive this often; a run silent for the timeout is

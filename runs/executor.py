@@ -28,6 +28,7 @@ from runs import services
 from runs.connectors import ConnectionContext, ConnectorError, TargetUnreachable, connection_for
 from runs.connectors import demo, http_json, openai_chat, websocket  # noqa: F401  (loaded once, not in a run's first turn)
 from runs.engine import Clock, ScriptedCaller
+from runs.llm_caller import CallerError, Function, LLMCaller
 from runs.evaluation import evaluate
 from runs.live import group_send, publish_from_loop, publish_run_changed
 from runs.models import CriterionResult, Run, ToolInvocation, Turn
@@ -136,13 +137,18 @@ def _load(run_id) -> dict | None:
     scenario = run.scenario
     live_target = scenario.target if scenario else None
     agent = scenario.agent if scenario else None
-    unsynced = []
+    unsynced, functions = [], []
     if agent is not None:
-        unsynced = list(agent.functions.exclude(sync_status="synced").values_list("name", "sync_status"))
+        for function in agent.functions.all():
+            if function.sync_status != "synced":
+                unsynced.append((function.name, function.sync_status))
+            functions.append(Function(name=function.name, description=function.description,
+                                      parameters=function.parameters, url=function.url, secret=function.secret))
     return {
         "snapshot": run.snapshot,
         "secrets": dict(live_target.headers) if live_target else {},
         "unsynced": unsynced,
+        "functions": functions,
         "llm": {
             "base_url": (agent.llm_base_url if agent and agent.llm_base_url else settings.LLM_BASE_URL),
             "api_key": (agent.llm_api_key if agent and agent.llm_api_key else settings.LLM_API_KEY),
@@ -185,12 +191,17 @@ async def execute(run_id, *, worker: str, http: aiohttp.ClientSession) -> None:
                             "panel banner; click Retry if it's red.")
             return
         script = snapshot["path"].get("script") or []
-        if not script:
-            await db(services.run_fail, run_id=run_id, reason=F.ERROR,
-                     detail="This path has no script, and the LLM caller is not available in this release: "
-                            "add script steps to the path.")
-            return
         persona = compose_persona(snapshot)
+        if script:
+            caller = ScriptedCaller(script)
+        else:
+            try:
+                caller = LLMCaller(persona=persona, language=snapshot["agent"].get("language", "en-US"), llm=loaded["llm"],
+                                   functions=loaded["functions"], channel=snapshot["scenario"]["channel"],
+                                   http=http, run_id=str(run_id))
+            except CallerError as exc:
+                await db(services.run_fail, run_id=run_id, reason=F.ERROR, detail=str(exc))
+                return
         if not await db(services.run_go_live, run_id=run_id, persona=persona):
             return
         await db(publish_run_changed, run_id)
@@ -203,12 +214,13 @@ async def execute(run_id, *, worker: str, http: aiohttp.ClientSession) -> None:
             return
         clock = Clock()
         try:
-            outcome = await asyncio.wait_for(
-                ScriptedCaller(script).converse(connection, DbRecorder(run_id), clock), timeout=cap
-            )
+            outcome = await asyncio.wait_for(caller.converse(connection, DbRecorder(run_id), clock), timeout=cap)
         except TargetUnreachable as exc:
             await db(services.run_fail, run_id=run_id, reason=F.TARGET_UNREACHABLE,
                      detail=f"{exc}. Check the target's URL and that the system is accepting sessions.")
+            return
+        except CallerError as exc:
+            await db(services.run_fail, run_id=run_id, reason=F.ERROR, detail=str(exc))
             return
         except asyncio.TimeoutError:
             await db(services.run_fail, run_id=run_id, reason=F.DURATION_CAP_NO_PROGRESS,
@@ -227,7 +239,7 @@ async def execute(run_id, *, worker: str, http: aiohttp.ClientSession) -> None:
         criteria = list(snapshot["scenario"].get("criteria") or []) + list(snapshot["path"].get("criteria") or [])
         results, verdict, metrics = await evaluate(
             criteria, turns=turns, tools=tools, ended_by=outcome.ended_by, duration_ms=outcome.duration_ms,
-            expectation_failures=outcome.expectation_failures, scripted=True, llm=loaded["llm"],
+            expectation_failures=outcome.expectation_failures, scripted=bool(script), llm=loaded["llm"],
         )
         await db(_save_results, run_id, results)
         await db(services.run_complete, run_id=run_id, verdict=verdict, metrics=metrics)

@@ -1,4 +1,4 @@
-"""Doorbells: Celery messages and Channels pushes that follow a committed change.
+"""Live pushes: Channels messages that follow a committed change.
 
 The database is the source of truth; a doorbell that cannot be rung (broker or Redis briefly
 away) is logged and dropped — the beat sweep and a page reload recover from it — and never
@@ -13,15 +13,9 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from assure.doorbell import ring  # noqa: F401  (re-exported: runs code rings through here)
+
 logger = logging.getLogger(__name__)
-
-
-def ring(task, *args) -> None:
-    """Queue ``task`` without waiting on an unreachable broker."""
-    try:
-        task.apply_async(args=args, retry=False)
-    except Exception as exc:  # any broker error: the sweep covers it
-        logger.warning("could not queue %s%s (%s); the periodic sweep will pick it up", task.name, args, exc)
 
 
 def run_groups(run_id) -> list[str]:

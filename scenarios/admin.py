@@ -8,7 +8,7 @@ from assure.admin_scoping import (
     changelist_link,
 )
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
-from scenarios.services import SYNC_RELEVANT_FIELDS, function_mark_changed
+from scenarios.services import SYNC_RELEVANT_FIELDS, function_mark_changed, function_request_sync
 
 # Set by the sync service, never by hand: a function is usable only once its webhook is synced.
 SYNC_FIELDS = ("sync_status", "sync_error", "synced_at")
@@ -32,6 +32,12 @@ class CustomFunctionForm(SecretFieldsForm):
         return super().save(commit)
 
 
+def request_sync_unless_synced(function: CustomFunction) -> None:
+    """After a save: a function that is not synced (new, changed, or still in error) is probed again."""
+    if function.sync_status != CustomFunction.SyncStatus.SYNCED:
+        function_request_sync(function=function)
+
+
 class CustomFunctionInline(WorkspaceScopedMixin, admin.StackedInline):
     model = CustomFunction
     form = CustomFunctionForm
@@ -53,6 +59,12 @@ class AgentAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
     search_fields = ["name", "instructions"]
     list_select_related = ["workspace"]
 
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        if formset.model is CustomFunction:
+            for function in [*formset.new_objects, *(obj for obj, _ in formset.changed_objects)]:
+                request_sync_unless_synced(function)
+
 
 @admin.register(CustomFunction)
 class CustomFunctionAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
@@ -63,6 +75,10 @@ class CustomFunctionAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
     search_fields = ["name", "description", "url", "agent__name"]
     list_select_related = ["agent", "workspace"]
     readonly_fields = [*SYNC_FIELDS, "updated_at"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        request_sync_unless_synced(obj)
 
     @admin.display(description="agent", ordering="agent__name")
     def agent_link(self, obj):

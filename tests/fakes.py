@@ -40,8 +40,9 @@ class AiohttpServer:
 
 
 class FakeOpenAI(AiohttpServer):
-    """``POST /v1/chat/completions`` as OpenAI answers it. ``answer(messages) -> str`` or an int
-    HTTP status to fail with."""
+    """``POST /v1/chat/completions`` as OpenAI answers it. ``answer(messages)`` returns the
+    assistant's text, an int HTTP status to fail with, or ``{"content": str | None,
+    "tool_calls": [{"name": ..., "arguments": {...}}]}``."""
 
     def __init__(self, answer):
         self.requests: list[dict] = []
@@ -52,11 +53,18 @@ class FakeOpenAI(AiohttpServer):
             result = answer(body["messages"])
             if isinstance(result, int):
                 return web.json_response({"error": {"message": "fake failure", "type": "server_error"}}, status=result)
+            message = {"role": "assistant", "content": result}
+            if isinstance(result, dict):
+                message = {"role": "assistant", "content": result.get("content"), "tool_calls": [
+                    {"id": f"call_{len(self.requests)}_{i}", "type": "function",
+                     "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}
+                    for i, call in enumerate(result.get("tool_calls", []))
+                ] or None}
             return web.json_response({
                 "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "fake"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": result}}],
+                "choices": [{"index": 0, "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                             "message": message}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             })
 

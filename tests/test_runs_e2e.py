@@ -284,3 +284,39 @@ def test_assure_run_cli_waits_writes_junit_and_fails_on_a_failing_path(workers, 
     bad = subprocess.run([sys.executable, "manage.py", "assure_run", "no such scenario"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "No scenario 'no such scenario'" in bad.stderr
+
+
+def test_a_path_without_a_script_is_played_by_the_llm_caller_and_judged(workers, api, workspace):
+    from tests.fakes import FakeOpenAI
+
+    def model(messages):
+        if "judge" in messages[0]["content"] and "rule holds" in messages[0]["content"]:
+            return '{"verdict": "pass", "rationale": "The bot echoed the request.", "evidence": [2]}'
+        said = [m for m in messages if m["role"] == "assistant"]
+        if not said:
+            return "Hello, can I book a table for two?"
+        return {"content": "Great, thanks!", "tool_calls": [{"name": "end_call", "arguments": {}}]}
+
+    llm = FakeOpenAI(model)
+    bot = FakeTarget(lambda message, n: (200, {"reply": f"Sure: {message}"}))
+    try:
+        agent = f.AgentFactory(workspace=workspace, llm_base_url=llm.base_url, llm_model="caller-1")
+        target = f.TargetFactory(workspace=workspace, url=bot.url)
+        scenario = f.ScenarioFactory(workspace=workspace, agent=agent, target=target, criteria=[
+            {"name": "echoes", "kind": "llm_judge", "rule": "The bot repeats the caller's request."}])
+        path = f.PathFactory(scenario=scenario, script=[], narrative="Sam wants a table for two tonight.")
+        run = ended(api.post(f"/api/v1/paths/{path.pk}/run/").json()["id"])
+    finally:
+        llm.close()
+        bot.close()
+    assert (run.status, run.verdict) == ("completed", "passed"), run.failure_detail
+    assert [t.speaker for t in Turn.objects.filter(run=run).order_by("seq")] == ["caller", "target", "caller", "target"]
+    assert "Sam wants a table" in run.persona
+    assert list(run.criteria_results.values_list("name", "outcome")) == [("echoes", "passed")]
+
+
+def test_a_path_without_a_script_and_no_llm_fails_saying_what_to_configure(workers, api, workspace, settings):
+    path = f.PathFactory(scenario=f.ScenarioFactory(workspace=workspace), script=[], narrative="Anyone.")
+    run = ended(api.post(f"/api/v1/paths/{path.pk}/run/").json()["id"])
+    assert (run.status, run.failure_reason) == ("failed", "error")
+    assert "LLM_BASE_URL" in run.failure_detail
