@@ -320,3 +320,16 @@ def get_host() -> ConversationHost:
             _host = ConversationHost()
             _host.pid = os.getpid()
         return _host
+
+
+def shutdown_host() -> None:
+    host = _host
+    if host is None or host.pid != os.getpid():
+        return
+    deadline = time.monotonic() + settings.RUN_SHUTDOWN_GRACE_SECONDS
+    while host.tasks and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for run_id in list(host.tasks):
+        services.run_fail(run_id=run_id, reason=F.ERROR,
+                          detail="The worker executing this run was shut down mid-conversation. Safe to retry.")
+    host.loop.call_soon_threadsafe(host.loop.stop)

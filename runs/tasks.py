@@ -1,5 +1,5 @@
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from runs import services
 
@@ -29,3 +29,12 @@ def start_conversation_host(**kwargs) -> None:
     from runs.executor import get_host
 
     get_host()
+
+
+@worker_process_shutdown.connect
+def stop_conversation_host(**kwargs) -> None:
+    """A worker shutting down lets its conversations finish for a short grace period, then ends the
+    rest as ``failed / error`` at once rather than leaving them to the heartbeat watchdog."""
+    from runs.executor import shutdown_host
+
+    shutdown_host()

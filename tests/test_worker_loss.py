@@ -39,3 +39,25 @@ def test_a_killed_worker_s_run_fails_as_error_after_the_heartbeat_window(test_re
         if survivor:
             survivor.stop()
         bot.close()
+
+
+def test_a_worker_shut_down_mid_run_ends_its_run_at_once_as_error(test_redis_url, workspace):
+    import time
+
+    bot = FakeTarget(lambda message, n: (200, {"reply": "ok"}))
+    worker = CeleryWorker(redis_url=test_redis_url, name="leaving", env={"RUN_SHUTDOWN_GRACE_SECONDS": "1"})
+    try:
+        target = f.TargetFactory(workspace=workspace, url=bot.url)
+        path = f.PathFactory(scenario=f.ScenarioFactory(workspace=workspace, target=target),
+                             script=[{"say": "hello"}, {"pause_ms": 30000}, {"say": "still there?"}])
+        run = services.path_run(path=Path.objects.select_related("scenario__agent", "scenario__target").get(pk=path.pk))
+        wait_for(lambda: Turn.objects.filter(run=run).count() == 2, message="the run to go live")
+        started = time.monotonic()
+        worker.stop()  # SIGTERM: Celery's warm shutdown
+        ended = Run.objects.get(pk=run.pk)
+        assert ended.status == "failed" and ended.failure_reason == "error", ended.status
+        assert "shut down mid-conversation" in ended.failure_detail
+        assert time.monotonic() - started < 10  # not the heartbeat watchdog's 30 s
+    finally:
+        worker.kill()
+        bot.close()
