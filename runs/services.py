@@ -61,12 +61,10 @@ def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: 
 
 def _after_terminal(run_id) -> None:
     """A slot freed up: admit the next runs of the workspace, and tell watchers."""
-    from runs import tasks
-    from runs.live import publish_run_changed, ring
+    from runs.live import publish_run_changed
 
     workspace_id = Run.objects.filter(pk=run_id).values_list("workspace_id", flat=True).first()
-    if Run.objects.filter(workspace_id=workspace_id, status=S.PENDING).exists():
-        transaction.on_commit(lambda: ring(tasks.admit_runs, str(workspace_id)))
+    _admit_after_commit(workspace_id)
     transaction.on_commit(lambda: publish_run_changed(run_id))
 
 
@@ -112,10 +110,20 @@ def _new_run(*, path: Path, batch: Batch | None, retry_of: Run | None, created_b
 
 
 def _admit_after_commit(workspace_id) -> None:
-    from runs import tasks
-    from runs.live import ring
+    """Admit right after the commit, in this process: a Celery round trip here was most of the
+    enqueue → materializing latency. Should it fail, a worker (or the sweep) does it instead."""
 
-    transaction.on_commit(lambda: ring(tasks.admit_runs, str(workspace_id)))
+    def admit():
+        try:
+            admit_pending_runs(workspace_id=workspace_id)
+        except Exception:
+            from runs import tasks
+            from runs.live import ring
+
+            logger.warning("admission after commit failed; queued for a worker", exc_info=True)
+            ring(tasks.admit_runs, str(workspace_id))
+
+    transaction.on_commit(admit)
 
 
 @transaction.atomic

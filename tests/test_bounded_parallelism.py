@@ -16,10 +16,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_racing_admissions_never_exceed_the_bound(monkeypatch, workspace):
     monkeypatch.setattr(live, "ring", lambda task, *args: None)  # no workers here: admission only
     workspace.max_parallel_runs = 3
+    workspace.queue_paused = True  # enqueue admits at once; hold the runs back so the threads race for them
     workspace.save()
     scenario = f.ScenarioFactory(workspace=workspace)
     paths = [f.PathFactory(scenario=scenario, name=f"p{i:02d}") for i in range(12)]
     created = [services.path_run(path=p) for p in paths]
+    assert not Run.objects.filter(status="running").exists()
+    type(workspace).objects.filter(pk=workspace.pk).update(queue_paused=False)
     errors = []
     barrier = threading.Barrier(6)
 
@@ -42,19 +45,21 @@ def test_racing_admissions_never_exceed_the_bound(monkeypatch, workspace):
     running = list(Run.objects.filter(status="running").order_by("created_at"))
     assert len(running) == 3
     assert [r.pk for r in running] == [r.pk for r in created[:3]]  # oldest first
-    # A slot frees up: exactly the next oldest is admitted.
+    # A slot frees up: exactly the next oldest is admitted, as the cancel commits.
     services.run_cancel(run_id=running[0].pk)
-    assert services.admit_pending_runs(workspace_id=workspace.pk) == [created[3].pk]
+    assert list(Run.objects.filter(status="running").order_by("created_at").values_list("pk", flat=True)) == [
+        r.pk for r in created[1:4]]
 
 
 def test_paused_queue_admits_nothing(monkeypatch, workspace):
     monkeypatch.setattr(live, "ring", lambda task, *args: None)
     path = f.PathFactory(scenario=f.ScenarioFactory(workspace=workspace))
-    services.path_run(path=path)
     services.workspace_queue_pause(workspace=workspace)
+    run = services.path_run(path=path)
     assert services.admit_pending_runs(workspace_id=workspace.pk) == []
-    services.workspace_queue_resume(workspace=workspace)
-    assert len(services.admit_pending_runs(workspace_id=workspace.pk)) == 1
+    services.workspace_queue_resume(workspace=workspace)  # admits as it commits
+    run.refresh_from_db()
+    assert run.status == "running"
 
 
 def test_a_terminal_run_never_changes(monkeypatch, workspace):
@@ -66,4 +71,4 @@ def test_a_terminal_run_never_changes(monkeypatch, workspace):
     assert services.admit_pending_runs(workspace_id=workspace.pk) == []
     run.refresh_from_db()
     assert (run.status, run.failure_reason) == ("cancelled", "")
-    assert list(run.events.values_list("to_status", flat=True)) == ["pending", "cancelled"]
+    assert list(run.events.values_list("to_status", flat=True)) == ["pending", "running", "cancelled"]
