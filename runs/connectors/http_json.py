@@ -8,8 +8,8 @@ import json
 import aiohttp
 
 from runs.connectors import (
-    TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, TargetUnreachable, extract, fill_template,
-    register,
+    TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, TargetUnreachable, compiled_path, extract,
+    fill_template, register,
 )
 
 
@@ -61,9 +61,7 @@ class HttpJsonConnection(TargetConnection):
 
 
 def _flag(document, path: str) -> bool:
-    from jsonpath_ng.ext import parse
-
-    return any(m.value is True for m in parse(path).find(document))
+    return any(m.value is True for m in compiled_path(path).find(document))
 
 
 register("chat", "http_json", HttpJsonConnection)
