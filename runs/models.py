@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from assure.models import WorkspaceOwned, WorkspaceQuerySet
 
@@ -76,6 +77,9 @@ class Run(WorkspaceOwned):
         FailureReason.ERROR: "Platform error. Surfaced in the run detail; safe to retry.",
     }
 
+    # Set by the enqueueing service (not auto_now_add): it orders the queue, and the runs of one
+    # batch get consecutive times in path order.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     scenario = models.ForeignKey("scenarios.Scenario", null=True, on_delete=models.SET_NULL, related_name="runs")
     path = models.ForeignKey("scenarios.Path", null=True, on_delete=models.SET_NULL, related_name="runs")
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")

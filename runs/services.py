@@ -101,10 +101,8 @@ def _new_run(*, path: Path, batch: Batch | None, retry_of: Run | None, created_b
     run = Run.objects.create(
         workspace_id=path.workspace_id, scenario=path.scenario, path=path, batch=batch, retry_of=retry_of,
         snapshot=snapshot_of(path), created_by=created_by if getattr(created_by, "pk", None) else None,
+        created_at=created_at,
     )
-    # created_at drives queue order; set explicitly so the runs of a batch keep their path order.
-    Run.objects.filter(pk=run.pk).update(created_at=created_at)
-    run.created_at = created_at
     _record(run.pk, from_status="", to_status=S.PENDING, from_stage="", to_stage=G.QUEUED, at=created_at)
     return run
 
