@@ -12,8 +12,9 @@ from assure.tenancy import request_workspace
 class WorkspaceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Workspace
-        fields = ["id", "name", "slug", "max_parallel_runs", "queue_paused"]
+        fields = ["id", "name", "slug", "max_parallel_runs", "queue_paused", "webhook_url", "webhook_secret"]
         read_only_fields = ["id", "slug"]
+        extra_kwargs = {"webhook_secret": {"write_only": True}}
 
 
 class WorkspaceView(APIView):

@@ -63,9 +63,14 @@ def _after_terminal(run_id) -> None:
     """A slot freed up: admit the next runs of the workspace, and tell watchers."""
     from runs.live import publish_run_changed
 
-    workspace_id = Run.objects.filter(pk=run_id).values_list("workspace_id", flat=True).first()
+    workspace_id, webhook_url = Run.objects.filter(pk=run_id).values_list("workspace_id", "workspace__webhook_url").first()
     _admit_after_commit(workspace_id)
     transaction.on_commit(lambda: publish_run_changed(run_id))
+    if webhook_url:
+        from runs import tasks
+        from runs.live import ring
+
+        transaction.on_commit(lambda: ring(tasks.notify_run_finished, str(run_id)))
 
 
 def snapshot_of(path: Path) -> dict:

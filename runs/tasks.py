@@ -17,6 +17,25 @@ def execute_run(run_id: str) -> None:
     get_host().submit(run_id)
 
 
+@shared_task(bind=True, ignore_result=True, max_retries=4)
+def notify_run_finished(self, run_id: str) -> None:
+    """The workspace's completion webhook; retried with backoff on network errors and 5xx."""
+    import logging
+
+    from runs.models import Run
+    from runs.notify import DeliveryError, deliver
+
+    run = Run.objects.select_related("workspace").filter(pk=run_id).first()
+    if run is None or not run.workspace.webhook_url:
+        return
+    try:
+        deliver(run)
+    except DeliveryError as exc:
+        if exc.retryable and self.request.retries < self.max_retries:
+            raise self.retry(countdown=2 ** self.request.retries * 5) from None
+        logging.getLogger(__name__).warning("completion webhook for run %s not delivered: %s", run_id, exc)
+
+
 @shared_task(ignore_result=True)
 def sweep_runs() -> None:
     services.sweep()

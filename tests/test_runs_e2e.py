@@ -320,3 +320,27 @@ def test_a_path_without_a_script_and_no_llm_fails_saying_what_to_configure(worke
     run = ended(api.post(f"/api/v1/paths/{path.pk}/run/").json()["id"])
     assert (run.status, run.failure_reason) == ("failed", "error")
     assert "LLM_BASE_URL" in run.failure_detail
+
+
+def test_a_finished_run_is_posted_to_the_workspace_webhook_signed(workers, api, workspace):
+    import json as _json
+
+    from scenarios.sync import verify_signature
+
+    receiver = FakeTarget(lambda message, n: (200, {"ok": True}))
+    try:
+        response = api.patch("/api/v1/workspace/", {"webhook_url": receiver.url, "webhook_secret": "hook-secret"},
+                             content_type="application/json")
+        assert response.status_code == 200 and "webhook_secret" not in response.json()
+        path = demo_scenario(workspace, paths=1).paths.get()
+        run = ended(api.post(f"/api/v1/paths/{path.pk}/run/").json()["id"])
+        wait_for(lambda: receiver.requests, message="the webhook")
+    finally:
+        receiver.close()
+    delivered = receiver.requests[0]
+    body = delivered["body"]
+    assert body["type"] == "run.finished" and body["run"]["id"] == str(run.pk)
+    assert (body["run"]["status"], body["run"]["verdict"]) == ("completed", "passed")
+    headers = {k.lower(): v for k, v in delivered["headers"].items()}
+    raw = _json.dumps(body, separators=(",", ":")).encode()
+    assert verify_signature("hook-secret", headers["x-assure-timestamp"], raw, headers["x-assure-signature"])
