@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
     parser.add_argument("--levels", default="100,200,300,500", help="concurrency levels for part 3")
     parser.add_argument("--parts", default="1,2,3", help="which measurements to run")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="worker processes (1: part 3 measures one process; `make up` runs 2)")
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="assure-bench-"))
@@ -128,13 +130,14 @@ def main() -> None:
     port, _ = start_targets()
     os.environ["REDIS_URL"] = settings.REDIS_URL
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "assure", "worker", "--concurrency", "1", "--loglevel", "WARNING",
+        [sys.executable, "-m", "celery", "-A", "assure", "worker", "--concurrency", str(args.concurrency), "--loglevel", "WARNING",
          "--without-gossip", "--without-mingle", "--hostname", "bench@%h"],
         cwd=ROOT, env={**os.environ, "DATABASE_URL": os.environ.get("DATABASE_URL", "")} if pg_url else dict(os.environ),
         start_new_session=True,
     )
     try:
         time.sleep(4)  # the worker connects
+        os.environ["BENCH_CONCURRENCY"] = str(args.concurrency)
         print(f"worker pid {worker.pid}", flush=True)
         run_benchmarks(port, quick=args.quick, levels=[int(x) for x in args.levels.split(",")],
                        parts={int(x) for x in args.parts.split(",")})
@@ -186,7 +189,7 @@ def run_benchmarks(port: int, *, quick: bool, levels: list[int], parts: set[int]
 
     workspace = Workspace.objects.create(name="Bench", slug="bench", max_parallel_runs=1000)
     instant = f"http://127.0.0.1:{port}/instant"
-    print(f"database: {settings_vendor()}, redis: {'embedded' if os.environ['REDIS_URL'].startswith('unix') else 'server'}")
+    print(f"worker processes: {os.environ.get('BENCH_CONCURRENCY', '?')}, database: {settings_vendor()}, redis: {'embedded' if os.environ['REDIS_URL'].startswith('unix') else 'server'}")
 
     if 1 in parts:
         part_latency(workspace, instant, quick)
@@ -233,6 +236,7 @@ def part_overhead(workspace, instant, port, quick):
         samples.append(elapsed)
         bare.append(bare_loop(port, 50, turns))
         assert completed == 50, f"only {completed}/50 completed"
+        print(f"   attempt {attempt + 1}: {elapsed:.2f} s; {phase_spread(batch)}")
     per_run = statistics.median(samples) / 50 * 1000
     bare_ms = statistics.median(bare) * 1000
     print(f"\n2. 50 runs of a {turns}-turn scripted conversation (instant target), enqueue -> all completed:")

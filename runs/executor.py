@@ -131,7 +131,8 @@ def compose_persona(snapshot: dict) -> str:
 
 
 def _load(run_id) -> dict | None:
-    run = Run.objects.select_related("scenario__agent", "scenario__target").filter(pk=run_id).first()
+    # .order_by(): no default ordering to compile on this hot path.
+    run = Run.objects.select_related("scenario__agent", "scenario__target").filter(pk=run_id).order_by().first()
     if run is None:
         return None
     scenario = run.scenario
@@ -139,7 +140,7 @@ def _load(run_id) -> dict | None:
     agent = scenario.agent if scenario else None
     unsynced, functions = [], []
     if agent is not None:
-        for function in agent.functions.all():
+        for function in agent.functions.order_by():
             if function.sync_status != "synced":
                 unsynced.append((function.name, function.sync_status))
             functions.append(Function(name=function.name, description=function.description,

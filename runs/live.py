@@ -18,16 +18,15 @@ from assure.doorbell import ring  # noqa: F401  (re-exported: runs code rings th
 logger = logging.getLogger(__name__)
 
 
-def run_groups(run_id) -> list[str]:
+def run_groups(run_ids) -> dict[str, list[str]]:
+    """{run id: the groups of the pages that show it}, in one query."""
     from runs.models import Run
 
-    row = Run.objects.filter(pk=run_id).values_list("workspace_id", "scenario_id").first()
-    if row is None:
-        return []
-    workspace_id, scenario_id = row
-    groups = [f"run-{run_id}", f"workspace-{workspace_id}"]
-    if scenario_id:
-        groups.append(f"scenario-{scenario_id}")
+    rows = Run.objects.filter(pk__in=list(run_ids)).order_by().values_list("pk", "workspace_id", "scenario_id")
+    groups = {}
+    for run_id, workspace_id, scenario_id in rows:
+        groups[str(run_id)] = [f"run-{run_id}", f"workspace-{workspace_id}"] + (
+            [f"scenario-{scenario_id}"] if scenario_id else [])
     return groups
 
 
@@ -64,12 +63,22 @@ async def group_send(groups: list[str], message: dict, *, timeout: float = 2.0) 
 
 
 
-def publish_run_changed(run_id) -> None:
-    """Tell every page that shows this run that its status or stage changed."""
-    groups = run_groups(run_id)
-    message = {"type": "run.changed", "run": str(run_id)}
+async def _send_all(messages: list[tuple[list[str], dict]]) -> None:
+    for groups, message in messages:
+        await group_send(groups, message)
+
+
+def publish_run_changed(*run_ids) -> None:
+    """Tell every page that shows these runs that their status or stage changed.
+
+    From a process without a long-lived loop (a web request), all messages go out in one
+    ``async_to_sync`` call, so one Redis connection serves a whole batch.
+    """
+    messages = [(groups, {"type": "run.changed", "run": run_id}) for run_id, groups in run_groups(run_ids).items()]
+    if not messages:
+        return
     loop = _event_loop
     if loop is not None and loop.is_running():
-        asyncio.run_coroutine_threadsafe(group_send(groups, message), loop)
+        asyncio.run_coroutine_threadsafe(_send_all(messages), loop)
     else:
-        async_to_sync(group_send)(groups, message)
+        async_to_sync(_send_all)(messages)

@@ -259,10 +259,12 @@ def admit_pending_runs(*, workspace_id) -> list:
             from runs import tasks
             from runs.live import publish_run_changed, ring
 
-            def dispatch(ids=tuple(admitted)):
-                for run_id in ids:
-                    ring(tasks.execute_run, str(run_id))
-                    publish_run_changed(run_id)
+            def dispatch(ids=tuple(str(i) for i in admitted)):
+                # A few runs per message: one Celery round trip each was what staggered a batch's
+                # start, while small chunks still spread a batch over every worker process.
+                for start in range(0, len(ids), EXECUTE_CHUNK):
+                    ring(tasks.execute_runs, list(ids[start:start + EXECUTE_CHUNK]))
+                publish_run_changed(*ids)
 
             transaction.on_commit(dispatch)
         return admitted
@@ -282,6 +284,7 @@ def workspace_queue_resume(*, workspace: Workspace) -> None:
 # Watchdogs -------------------------------------------------------------------------------------
 
 DISPATCH_RETRY_SECONDS = 10
+EXECUTE_CHUNK = 8
 DURATION_GRACE_SECONDS = 15
 
 

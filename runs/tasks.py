@@ -37,6 +37,16 @@ def notify_run_finished(self, run_id: str) -> None:
 
 
 @shared_task(ignore_result=True)
+def execute_runs(run_ids: list[str]) -> None:
+    """Hand several admitted runs to this process's conversation loop at once."""
+    from runs.executor import get_host
+
+    host = get_host()
+    for run_id in run_ids:
+        host.submit(run_id)
+
+
+@shared_task(ignore_result=True)
 def sweep_runs() -> None:
     services.sweep()
 

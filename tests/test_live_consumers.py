@@ -109,6 +109,8 @@ def test_the_full_asgi_stack_refuses_a_browser_without_a_session_or_from_another
 def test_scenario_socket_pushes_the_changed_path_status_and_batch_progress(workspace, member):
     from runs import services
 
+    workspace.queue_paused = True  # the run stays queued: no worker runs in this test
+    workspace.save()
     scenario = f.ScenarioFactory(workspace=workspace)
     path = f.PathFactory(scenario=scenario)
     batch, (run,) = services.scenario_run_all(scenario=scenario)
