@@ -20,6 +20,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("workspace/switch/", views.workspace_switch, name="workspace-switch"),
     path("healthz/", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -29,4 +30,6 @@ urlpatterns = [
     path("demo-target/chat/", demo_target.chat, name="demo-target-chat"),
     # Run pages (scenario page, live run view, queue, results): runs/urls_pages.py.
     path("", include("runs.urls_pages")),
+    # Authoring pages (agents, functions, targets, scenarios, paths): scenarios/urls.py.
+    path("", include("scenarios.urls")),
 ]

@@ -8,7 +8,8 @@ from assure.admin_scoping import (
     changelist_link,
 )
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
-from scenarios.services import SYNC_RELEVANT_FIELDS, function_mark_changed, function_request_sync
+from scenarios import services
+from scenarios.services import SYNC_RELEVANT_FIELDS
 
 # Set by the sync service, never by hand: a function is usable only once its webhook is synced.
 SYNC_FIELDS = ("sync_status", "sync_error", "synced_at")
@@ -28,14 +29,14 @@ class CustomFunctionForm(SecretFieldsForm):
             stored = CustomFunction.objects.filter(pk=self.instance.pk).first()
             if stored is not None:
                 changed = [name for name in SYNC_RELEVANT_FIELDS if getattr(stored, name) != getattr(self.instance, name)]
-                function_mark_changed(function=self.instance, changed_fields=changed)
+                services.function_mark_changed(function=self.instance, changed_fields=changed)
         return super().save(commit)
 
 
 def request_sync_unless_synced(function: CustomFunction) -> None:
     """After a save: a function that is not synced (new, changed, or still in error) is probed again."""
     if function.sync_status != CustomFunction.SyncStatus.SYNCED:
-        function_request_sync(function=function)
+        services.function_request_sync(function=function)
 
 
 class CustomFunctionInline(WorkspaceScopedMixin, admin.StackedInline):

@@ -7,7 +7,7 @@ from rest_framework.response import Response
 
 from assure.api_base import ModelCleanSerializer, WorkspaceScopedField, WorkspaceViewSet
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
-from scenarios.services import function_mark_changed, function_request_sync
+from scenarios import services
 
 
 class AgentSerializer(ModelCleanSerializer):
@@ -67,16 +67,16 @@ class FunctionViewSet(WorkspaceViewSet):
 
     def perform_create(self, serializer):
         super().perform_create(serializer)
-        function_request_sync(function=serializer.instance)
+        services.function_request_sync(function=serializer.instance)
 
     def perform_update(self, serializer):
         function = serializer.instance
         changed = [name for name, value in serializer.validated_data.items() if getattr(function, name) != value]
-        function_mark_changed(function=function, changed_fields=changed)
+        services.function_mark_changed(function=function, changed_fields=changed)
         serializer.save()
         # A function that is not synced gets another try with every save, whatever changed.
         if function.sync_status != CustomFunction.SyncStatus.SYNCED:
-            function_request_sync(function=function)
+            services.function_request_sync(function=function)
 
     @extend_schema(request=None, responses={202: FunctionSerializer})
     @action(detail=True, methods=["post"])
@@ -84,7 +84,7 @@ class FunctionViewSet(WorkspaceViewSet):
         """Probe the function's webhook again: answers at once with the function `pending`; poll
         it for `synced` or `error` (with `sync_error` saying what to fix)."""
         function = self.get_object()
-        function_request_sync(function=function)
+        services.function_request_sync(function=function)
         return Response(self.get_serializer(function).data, status=status.HTTP_202_ACCEPTED)
 
 

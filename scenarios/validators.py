@@ -32,7 +32,7 @@ def validate_e164(value: str) -> None:
 
 def validate_e164_list(value: Any) -> None:
     if not isinstance(value, list):
-        raise ValidationError("Must be a list of E.164 phone numbers.", code="invalid")
+        raise ValidationError("Must be a list of E.164 phone numbers.", code="invalid_type")
     for index, number in enumerate(value, start=1):
         try:
             validate_e164(number)
@@ -69,7 +69,7 @@ def validate_ws_url(value: str) -> None:
 
 def validate_json_object(value: Any) -> None:
     if not isinstance(value, dict):
-        raise ValidationError("Must be a JSON object.", code="invalid")
+        raise ValidationError("Must be a JSON object.", code="invalid_type")
 
 
 def validate_headers(value: Any) -> None:
@@ -108,7 +108,7 @@ def validate_function_name(value: str) -> None:
 
 def validate_regex(pattern: Any, *, what: str = "pattern") -> None:
     if not isinstance(pattern, str) or not pattern:
-        raise ValidationError(f"{what} must be a non-empty string.", code="invalid")
+        raise ValidationError(f"{what} must be a non-empty string.", code="invalid_type")
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -134,7 +134,7 @@ def _step_error(index: int, message: str) -> ValidationError:
 def validate_script(value: Any) -> None:
     """A path's script: a list of steps, each an object with exactly one of the step keys."""
     if not isinstance(value, list):
-        raise ValidationError("A script must be a list of steps.", code="invalid")
+        raise ValidationError("A script must be a list of steps.", code="invalid_type")
     for index, step in enumerate(value, start=1):
         if not isinstance(step, dict) or len(step) != 1:
             raise _step_error(
@@ -212,7 +212,7 @@ _FIELD_HELP = {
 
 def validate_criteria(value: Any) -> None:
     if not isinstance(value, list):
-        raise ValidationError("Criteria must be a list.", code="invalid")
+        raise ValidationError("Criteria must be a list.", code="invalid_type")
     names: set[str] = set()
     for index, criterion in enumerate(value, start=1):
         prefix = f"criterion {index}"

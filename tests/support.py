@@ -42,7 +42,7 @@ class CeleryWorker:
                    "--without-mingle"]
         if beat:
             command += ["--beat", "--schedule", os.path.join(tempfile.mkdtemp(prefix="assure-beat-"), "schedule")]
-        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")}
         full_env.update({
             "DATABASE_URL": database_url(),
             "REDIS_URL": redis_url,
@@ -156,7 +156,7 @@ class DaphneServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")}
         full_env.update({
             "DATABASE_URL": database_url(),
             "REDIS_URL": redis_url,

@@ -26,13 +26,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are plain
-# synchronous code between browser steps, which Django would otherwise refuse.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(product):
     if not os.path.exists(CHROMIUM):
         message = ("Browser tests need Debian's Chromium: `apt-get install chromium chromium-driver` "
                    "(.ci/run installs it).")
@@ -41,10 +38,17 @@ def browser():
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    # Playwright's sync API keeps an event loop running in this thread, so Django would refuse the
+    # tests' own ORM calls (plain synchronous code between browser steps). Allowed only in this
+    # process, while the browser is open; the processes under test never see it.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield chromium
+            chromium.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,7 @@ def product(django_db_setup, django_db_blocker, test_redis_url):
 
 
 @pytest.fixture
-def demo(db):
+def demo(browser, db):
     return demo_seed(password="demo-password")
 
 

@@ -60,7 +60,7 @@ def test_channels_layer_and_celery_broker_work_over_the_socket(tmp_path):
 
         assert async_to_sync(roundtrip)() == {"type": "hello", "n": 1}
 
-        app = Celery("t", broker=f"redis+socket://{server.socket}")
+        app = Celery("t", broker=f"redis+socket://{server.socket}", set_as_current=False)
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
             with conn.SimpleQueue("probe") as queue:

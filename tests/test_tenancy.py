@@ -69,19 +69,20 @@ def test_user_workspaces_and_switching(rf, workspace, other_workspace, member):
     assert request.session["workspace_id"] == str(workspace.pk)
 
 
-def test_home_page_counts_only_the_current_workspace(member_client, workspace, other_workspace):
+def test_pages_list_only_the_current_workspace(member_client, workspace, other_workspace):
     f.ScenarioFactory(workspace=workspace, name="Mine")
     f.ScenarioFactory.create_batch(3, workspace=other_workspace)
-    response = member_client.get(reverse("home"))
+    assert member_client.get(reverse("home")).url == reverse("scenarios:scenario-list")
+    response = member_client.get(reverse("scenarios:scenario-list"))
     assert response.status_code == 200
-    assert response.context["counts"]["scenarios"] == 1
+    assert [s.name for s in response.context["scenarios"]] == ["Mine"]
 
 
 def test_a_session_pointing_at_another_workspace_falls_back_to_the_users_own(member_client, workspace, other_workspace):
     session = member_client.session
     session["workspace_id"] = str(other_workspace.pk)
     session.save()
-    response = member_client.get(reverse("home"))
+    response = member_client.get(reverse("scenarios:scenario-list"))
     assert response.context["current_workspace"] == workspace
 
 
