@@ -202,3 +202,28 @@ def test_a_paused_queue_keeps_new_runs_queued(page, demo):
     assert page.locator(f"#queue-queued #run-row-{run.pk}").count() == 1
     page.click("#queue-resume")
     page.wait_for_selector(f"#queue-recent #run-row-{run.pk}[data-status=completed]")
+
+
+def test_functions_panel_turns_green_when_retry_syncs_the_function(page, demo):
+    from scenarios.models import Agent, CustomFunction
+    from scenarios.services import function_request_sync
+
+    healthy = {"up": False}
+    webhook = FakeTarget(lambda message, n: (200, {"ok": True}) if healthy["up"] else (500, {"error": "down"}))
+    try:
+        agent = Agent.objects.get(workspace=demo)
+        function = f.CustomFunctionFactory(agent=agent, name="book_slot", url=webhook.url, sync_status="pending")
+        function_request_sync(function=function)  # the worker probes it: the webhook is down
+        wait_for(lambda: CustomFunction.objects.get(pk=function.pk).sync_status == "error", message="the sync to fail")
+        page.goto(f"/agents/{agent.pk}/")
+        panel = page.locator("#functions-panel")
+        assert panel.get_attribute("data-sync-state") == "error"
+        assert "HTTP 500" in page.locator("#functions-panel .banner-error").inner_text()
+        screenshot(page, "functions-panel-error")
+        healthy["up"] = True
+        page.click("#retry-sync")
+        page.wait_for_selector("#functions-panel[data-sync-state=synced]")
+        assert "All functions synced" in page.locator("#functions-panel .banner-ok").inner_text()
+        assert CustomFunction.objects.get(pk=function.pk).sync_status == "synced"
+    finally:
+        webhook.close()
