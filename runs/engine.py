@@ -43,6 +43,36 @@ class Clock:
         return int((time.monotonic() - self.start) * 1000)
 
 
+async def record_reply(reply: Reply, recorder: Recorder, clock: Clock, outcome: Outcome, *, latency_ms: int | None) -> None:
+    if reply.text:
+        now = clock.ms()
+        await recorder.turn(speaker="target", text=reply.text, started_ms=now, ended_ms=now, latency_ms=latency_ms)
+    if reply.ended:
+        outcome.ended_by = "target"
+
+
+async def exchange(send, payload: str, recorder: Recorder, clock: Clock, outcome: Outcome) -> Reply | None:
+    """Send the caller's words (or key presses) and record the target's reply with its latency.
+
+    Returns the reply, or None when the target failed to answer: that failure is recorded as an
+    error turn and ends the conversation, and the run still finalizes. A target that cannot be
+    reached at all (``TargetUnreachable``) propagates: the run fails as ``target_unreachable``.
+    """
+    sent_ms = clock.ms()
+    try:
+        reply = await send(payload)
+    except TargetUnreachable:
+        raise
+    except ConnectorError as exc:
+        outcome.target_errors.append(str(exc))
+        await recorder.turn(speaker="target", text=f"[no reply: {exc}]", started_ms=sent_ms,
+                            ended_ms=clock.ms(), is_error=True)
+        outcome.ended_by = "target"
+        return None
+    await record_reply(reply, recorder, clock, outcome, latency_ms=clock.ms() - sent_ms)
+    return reply
+
+
 class ScriptedCaller:
     """Follows a path's script: say, press, pause_ms, expect, end_call. Deterministic and offline."""
 
@@ -53,48 +83,30 @@ class ScriptedCaller:
         outcome = Outcome()
         heard: list[str] = []  # what the target said since the caller last acted
 
-        async def target_says(reply: Reply | None, started_ms: int, latency_ms: int | None) -> bool:
-            if reply is None:
-                return False
-            if reply.text:
+        async def target_says(reply: Reply | None) -> bool:
+            if reply is not None and reply.text:
                 heard.append(reply.text)
-                await recorder.turn(speaker="target", text=reply.text, started_ms=started_ms,
-                                    ended_ms=clock.ms(), latency_ms=latency_ms)
-            if reply.ended:
-                outcome.ended_by = "target"
-            return reply.ended
+            return reply is None or reply.ended
 
-        async def exchange(send, *args) -> bool:
-            sent_ms = clock.ms()
-            try:
-                reply = await send(*args)
-            except TargetUnreachable:
-                raise
-            except ConnectorError as exc:
-                outcome.target_errors.append(str(exc))
-                await recorder.turn(speaker="target", text=f"[no reply: {exc}]", started_ms=sent_ms,
-                                    ended_ms=clock.ms(), is_error=True)
-                outcome.ended_by = "target"
-                return True  # a target that errors mid-conversation ends it; the run still finalizes
-            return await target_says(reply, clock.ms(), clock.ms() - sent_ms)
-
-        started = clock.ms()
-        if await target_says(await connection.open(), started, None):
-            outcome.duration_ms = clock.ms()
-            return outcome
+        greeting = await connection.open()
+        if greeting is not None:
+            await record_reply(greeting, recorder, clock, outcome, latency_ms=None)
+            if greeting.ended:
+                outcome.duration_ms = clock.ms()
+                return outcome
         for index, step in enumerate(self.steps, start=1):
             (kind, arg), = step.items()
             if kind == "say":
                 heard.clear()
                 at = clock.ms()
                 await recorder.turn(speaker="caller", text=arg, started_ms=at, ended_ms=at)
-                if await exchange(connection.send, arg):
+                if await target_says(await exchange(connection.send, arg, recorder, clock, outcome)):
                     break
             elif kind == "press":
                 heard.clear()
                 at = clock.ms()
                 await recorder.tool(name="press_digit", arguments={"digits": arg}, result=None, at_ms=at)
-                if await exchange(connection.press, arg):
+                if await target_says(await exchange(connection.press, arg, recorder, clock, outcome)):
                     break
             elif kind == "pause_ms":
                 await asyncio.sleep(arg / 1000)

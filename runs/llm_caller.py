@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import aiohttp
 import openai
 
-from runs.connectors import ConnectorError, Reply, TargetConnection, TargetUnreachable
-from runs.engine import Clock, Outcome, Recorder
+from runs.connectors import TargetConnection
+from runs.engine import Clock, Outcome, Recorder, exchange, record_reply
 
 MAX_CALLER_TURNS = 40
 FUNCTION_TIMEOUT_SECONDS = 15.0
@@ -80,8 +80,12 @@ class LLMCaller:
         outcome = Outcome()
         try:
             greeting = await connection.open()
+            if greeting is not None:
+                await record_reply(greeting, recorder, clock, outcome, latency_ms=None)
+                if greeting.ended:
+                    outcome.duration_ms = clock.ms()
+                    return outcome
             if greeting is not None and greeting.text:
-                await recorder.turn(speaker="target", text=greeting.text, started_ms=clock.ms(), ended_ms=clock.ms())
                 self.messages.append({"role": "user", "content": greeting.text})
             else:
                 self.messages.append({"role": "user", "content": "[The conversation has started. You speak first.]"})
@@ -124,8 +128,11 @@ class LLMCaller:
                                             status="error")
                         self._tool_result(call.id, {"error": f"There is no tool named {name}."})
                 for send, payload in sends:
-                    if await self._exchange(send, payload, recorder, clock, outcome) is None:
+                    reply = await exchange(send, payload, recorder, clock, outcome)
+                    if reply is None or reply.ended:
                         break
+                    if reply.text:
+                        self.messages.append({"role": "user", "content": reply.text})
                 else:
                     if not ended:
                         continue
@@ -147,27 +154,6 @@ class LLMCaller:
         if not completion.choices:
             raise CallerError(f"The LLM at {self.llm['base_url']} returned no message.")
         return completion.choices[0].message
-
-    async def _exchange(self, send, text: str, recorder: Recorder, clock: Clock, outcome: Outcome) -> Reply | None:
-        """Send to the target and record its reply; None when the conversation is over."""
-        sent = clock.ms()
-        try:
-            reply = await send(text)
-        except TargetUnreachable:
-            raise
-        except ConnectorError as exc:
-            outcome.target_errors.append(str(exc))
-            await recorder.turn(speaker="target", text=f"[no reply: {exc}]", started_ms=sent, ended_ms=clock.ms(), is_error=True)
-            outcome.ended_by = "target"
-            return None
-        if reply.text:
-            await recorder.turn(speaker="target", text=reply.text, started_ms=clock.ms(), ended_ms=clock.ms(),
-                                latency_ms=clock.ms() - sent)
-            self.messages.append({"role": "user", "content": reply.text})
-        if reply.ended:
-            outcome.ended_by = "target"
-            return None
-        return reply
 
     def _tool_result(self, call_id: str, result) -> None:
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)})

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 
 from assure.models import Workspace
@@ -315,7 +315,7 @@ def sweep() -> dict:
     for run_id in unclaimed:
         # Touch admitted_at so one lost message is re-sent once per period, not on every sweep.
         if Run.objects.filter(pk=run_id, worker="", status=S.RUNNING).update(admitted_at=now):
-            ring(tasks.execute_run, str(run_id))
+            ring(tasks.execute_runs, [str(run_id)])
             counts["redispatched"] += 1
     lost = Run.objects.filter(
         status=S.RUNNING, heartbeat_at__lt=now - timedelta(seconds=settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)

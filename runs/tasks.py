@@ -9,14 +9,6 @@ def admit_runs(workspace_id: str) -> None:
     services.admit_pending_runs(workspace_id=workspace_id)
 
 
-@shared_task(ignore_result=True)
-def execute_run(run_id: str) -> None:
-    """Hand the run to this process's conversation loop; returns at once."""
-    from runs.executor import get_host
-
-    get_host().submit(run_id)
-
-
 @shared_task(bind=True, ignore_result=True, max_retries=4)
 def notify_run_finished(self, run_id: str) -> None:
     """The workspace's completion webhook; retried with backoff on network errors and 5xx."""

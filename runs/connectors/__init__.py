@@ -28,6 +28,11 @@ class TargetUnreachable(ConnectorError):
     """The session could not be opened: refused, DNS, timeout, or a 5xx on the first exchange."""
 
 
+def failure(message: str, *, first_exchange: bool) -> ConnectorError:
+    """A failed exchange: on the first one the session never opened, so the target is unreachable."""
+    return TargetUnreachable(message) if first_exchange else ConnectorError(message)
+
+
 @dataclass
 class Reply:
     text: str

@@ -8,7 +8,7 @@ import json
 import aiohttp
 
 from runs.connectors import (
-    TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, TargetUnreachable, compiled_path, extract,
+    TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, compiled_path, extract, failure,
     fill_template, register,
 )
 
@@ -36,13 +36,13 @@ class HttpJsonConnection(TargetConnection):
                 payload = await response.read()
                 status = response.status
         except asyncio.TimeoutError:
-            raise self._error(first, f"{self.url} did not answer within {TURN_TIMEOUT_SECONDS:.0f}s") from None
+            raise failure(first_exchange=first, message=f"{self.url} did not answer within {TURN_TIMEOUT_SECONDS:.0f}s") from None
         except aiohttp.ClientConnectorError as exc:
-            raise self._error(first, f"could not connect to {self.url}: {exc.os_error or exc}") from None
+            raise failure(first_exchange=first, message=f"could not connect to {self.url}: {exc.os_error or exc}") from None
         except aiohttp.ClientError as exc:
-            raise self._error(first, f"request to {self.url} failed: {exc}") from None
+            raise failure(first_exchange=first, message=f"request to {self.url} failed: {exc}") from None
         if status >= 500:
-            raise self._error(first, f"{self.url} answered HTTP {status}: {payload[:200].decode(errors='replace')}")
+            raise failure(first_exchange=first, message=f"{self.url} answered HTTP {status}: {payload[:200].decode(errors='replace')}")
         if status >= 400:
             raise ConnectorError(
                 f"{self.url} refused the message with HTTP {status}: {payload[:200].decode(errors='replace')}",
@@ -55,9 +55,6 @@ class HttpJsonConnection(TargetConnection):
         ended = bool(self.end_path and _flag(document, self.end_path))
         return Reply(text=extract(document, self.target["response_path"]), ended=ended)
 
-    def _error(self, first: bool, message: str) -> ConnectorError:
-        # A failure on the first exchange means the session never opened.
-        return TargetUnreachable(message) if first else ConnectorError(message)
 
 
 def _flag(document, path: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from runs.connectors import TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, TargetUnreachable, register
+from runs.connectors import TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, failure, register
 
 
 class OpenAIChatConnection(TargetConnection):
@@ -25,18 +25,16 @@ class OpenAIChatConnection(TargetConnection):
         try:
             completion = await self.client.chat.completions.create(model=self.target["model"], messages=self.messages)
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise self._error(first, f"could not reach {self.target['url']}: {exc}") from None
+            raise failure(first_exchange=first, message=f"could not reach {self.target['url']}: {exc}") from None
         except openai.APIStatusError as exc:
             if exc.status_code >= 500:
-                raise self._error(first, f"{self.target['url']} answered HTTP {exc.status_code}: {exc.message}") from None
+                raise failure(first_exchange=first, message=f"{self.target['url']} answered HTTP {exc.status_code}: {exc.message}") from None
             raise ConnectorError(f"{self.target['url']} refused the request with HTTP {exc.status_code}: {exc.message}", permanent=True) from None
         choice = completion.choices[0] if completion.choices else None
         content = (choice.message.content or "") if choice else ""
         self.messages.append({"role": "assistant", "content": content})
         return Reply(text=content)
 
-    def _error(self, first: bool, message: str) -> ConnectorError:
-        return TargetUnreachable(message) if first else ConnectorError(message)
 
     async def close(self) -> None:
         await self.client.close()
