@@ -94,9 +94,10 @@ class RunAdmin(RecordAdminMixin, WorkspaceScopedMixin, admin.ModelAdmin):
             "workspace", "scenario_link", "path_link", "batch_link", "retry_of_link", "retries", "created_by",
         ]}),
         ("State", {"fields": [
-            "status", "stage", "verdict", "failure_reason", "failure_detail", "failure_help", "cancel_requested",
+            "status", "stage", "verdict", "failure_reason", "failure_detail", "failure_help",
         ]}),
-        ("Timing", {"fields": ["created_at", "admitted_at", "started_at", "ended_at", "heartbeat_at", "worker"]}),
+        ("Timing", {"fields": ["created_at", "admitted_at", "started_at", "ended_at", "heartbeat_at", "worker",
+                               "attach_by", "attached_at"]}),
         ("Composition", {"fields": ["persona", "snapshot_json", "metrics_json"]}),
     ]
     readonly_fields = [name for _, options in fieldsets for name in options["fields"]]

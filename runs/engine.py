@@ -44,6 +44,8 @@ class Clock:
 
 
 async def record_reply(reply: Reply, recorder: Recorder, clock: Clock, outcome: Outcome, *, latency_ms: int | None) -> None:
+    if latency_ms is None:
+        latency_ms = reply.latency_ms
     if reply.text:
         now = clock.ms()
         await recorder.turn(speaker="target", text=reply.text, started_ms=now, ended_ms=now, latency_ms=latency_ms)
@@ -69,7 +71,8 @@ async def exchange(send, payload: str, recorder: Recorder, clock: Clock, outcome
                             ended_ms=clock.ms(), is_error=True)
         outcome.ended_by = "target"
         return None
-    await record_reply(reply, recorder, clock, outcome, latency_ms=clock.ms() - sent_ms)
+    latency_ms = reply.latency_ms if reply.latency_ms is not None else clock.ms() - sent_ms
+    await record_reply(reply, recorder, clock, outcome, latency_ms=latency_ms)
     return reply
 
 
@@ -111,14 +114,34 @@ class ScriptedCaller:
             elif kind == "pause_ms":
                 await asyncio.sleep(arg / 1000)
             elif kind == "expect":
+                # A call's target may not have spoken yet (its greeting), or may say its answer in
+                # several utterances: listen until the pattern matches or the target falls silent.
+                # A chat target only answers messages, so listening returns nothing at once.
+                hung_up = False
+                while not hung_up and not re.search(arg, " ".join(heard)):
+                    try:
+                        reply = await connection.listen()
+                    except ConnectorError as exc:
+                        outcome.target_errors.append(str(exc))
+                        reply = None
+                    if reply is None:
+                        break
+                    await record_reply(reply, recorder, clock, outcome, latency_ms=None)
+                    if reply.text:
+                        heard.append(reply.text)
+                    hung_up = reply.ended
                 said = " ".join(heard)
                 if not re.search(arg, said):
                     outcome.expectation_failures.append(
                         f"step {index}: expected the target to match {arg!r}, it said {said[:200]!r}"
                     )
+                    if hung_up:
+                        break
                     # The rest of the script assumes this reply: the caller hangs up here.
                     await recorder.tool(name="end_call", arguments={"reason": "expectation not met"}, result=None, at_ms=clock.ms())
                     outcome.ended_by = "caller"
+                    break
+                if hung_up:
                     break
             elif kind == "end_call":
                 await recorder.tool(name="end_call", arguments={}, result=None, at_ms=clock.ms())

@@ -97,10 +97,15 @@ class Run(WorkspaceOwned):
     started_at = models.DateTimeField(null=True, blank=True, help_text="When the conversation went live.")
     ended_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    worker = models.CharField(max_length=200, blank=True, help_text="The process executing the run.")
-    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(
+        max_length=200, blank=True,
+        help_text="The process holding the conversation; blank while a voice run waits for its call.")
+    attach_by = models.DateTimeField(
+        null=True, blank=True,
+        help_text="A voice run waiting for its call (ringing, or armed for an inbound call) ends if it has not "
+                  "connected by then.")
+    attached_at = models.DateTimeField(null=True, blank=True, help_text="When the call's conversation connected.")
     metrics = models.JSONField(default=dict, blank=True)
-    recording_url = models.CharField(max_length=500, blank=True, help_text="The call's recording, for voice runs.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -115,6 +120,8 @@ class Run(WorkspaceOwned):
             models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat"),
             models.Index(fields=["path", "-created_at"], name="run_path_latest"),
             models.Index(fields=["batch", "status"], name="run_batch_status"),
+            # The sweep: voice runs waiting for their call.
+            models.Index(fields=["status", "attach_by"], name="run_status_attach_by"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -151,7 +158,6 @@ class Run(WorkspaceOwned):
 
 
 TERMINAL_STATUSES = (Run.Status.COMPLETED, Run.Status.FAILED, Run.Status.CANCELLED)
-ACTIVE_STATUSES = (Run.Status.RUNNING,)
 
 
 class RunChild(models.Model):

@@ -13,9 +13,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from assure.models import Workspace
+from runs import dispatch
 from runs.models import TERMINAL_STATUSES, Batch, Run, RunEvent
 from scenarios.models import Path, Scenario
 
@@ -54,23 +56,24 @@ def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: 
             return False
         _record(run_id, from_status=from_status, to_status=to_status, from_stage=lookup["stage"],
                 to_stage=to_stage, at=now, detail=detail)
+    # Every page that shows the run hears of each change, once it is committed; a new stage
+    # cannot forget to tell them.
+    transaction.on_commit(lambda: dispatch.publish_run_changed(run_id))
     if to_status in TERMINAL_STATUSES:
-        _after_terminal(run_id)
+        _after_terminal(run_id, was_running=from_status == S.RUNNING)
     return True
 
 
-def _after_terminal(run_id) -> None:
-    """A slot freed up: admit the next runs of the workspace, and tell watchers."""
-    from runs.live import publish_run_changed
-
-    workspace_id, webhook_url = Run.objects.filter(pk=run_id).values_list("workspace_id", "workspace__webhook_url").first()
+def _after_terminal(run_id, *, was_running: bool) -> None:
+    """A slot freed up: admit the next runs of the workspace; send the completion webhook; a voice
+    run that got as far as its call releases it (hang up, free the number) through its driver."""
+    workspace_id, webhook_url, channel = Run.objects.filter(pk=run_id).values_list(
+        "workspace_id", "workspace__webhook_url", "snapshot__scenario__channel").first()
     _admit_after_commit(workspace_id)
-    transaction.on_commit(lambda: publish_run_changed(run_id))
     if webhook_url:
-        from runs import tasks
-        from runs.live import ring
-
-        transaction.on_commit(lambda: ring(tasks.notify_run_finished, str(run_id)))
+        transaction.on_commit(lambda: dispatch.notify_run_finished(run_id))
+    if was_running and channel == "voice":
+        transaction.on_commit(lambda: dispatch.stop_run(run_id))
 
 
 def snapshot_of(path: Path) -> dict:
@@ -120,11 +123,8 @@ def _admit_after_commit(workspace_id) -> None:
         try:
             admit_pending_runs(workspace_id=workspace_id)
         except Exception:
-            from runs import tasks
-            from runs.live import ring
-
             logger.warning("admission after commit failed; queued for a worker", exc_info=True)
-            ring(tasks.admit_runs, str(workspace_id))
+            dispatch.admit_runs(workspace_id)
 
     transaction.on_commit(admit)
 
@@ -172,11 +172,12 @@ def run_cancel(*, run_id) -> bool:
     """Cancel a pending or running run; idempotent. Returns whether this call cancelled it.
 
     A queued run is never picked up afterwards (admission only takes pending runs). A live run's
-    executor sees the status on its next heartbeat and closes the session or hangs up.
+    holder sees the status on its next heartbeat and closes the session; a call is hung up by the
+    voice driver as soon as the change is committed.
     """
     for status in (S.PENDING, S.RUNNING):
         if _transition(run_id, from_status=status, from_stage=None, to_status=S.CANCELLED, to_stage=G.DONE,
-                       detail="cancelled by a user", ended_at=timezone.now(), cancel_requested=True):
+                       detail="cancelled by a user", ended_at=timezone.now()):
             return True
     return False
 
@@ -204,6 +205,16 @@ def run_go_live(*, run_id, persona: str) -> bool:
     now = timezone.now()
     return _transition(run_id, from_status=S.RUNNING, from_stage=G.MATERIALIZING, to_status=S.RUNNING,
                        to_stage=G.LIVE, persona=persona, started_at=now, heartbeat_at=now)
+
+
+def run_await_call(*, run_id, persona: str, attach_by, detail: str) -> bool:
+    """A voice run goes live with its call placed (or its number armed) and waits for the call's
+    conversation to attach wherever it lands; the worker lets go of it. Past ``attach_by`` the
+    sweep ends it (no answer, or no inbound call within the window)."""
+    now = timezone.now()
+    return _transition(run_id, from_status=S.RUNNING, from_stage=G.MATERIALIZING, to_status=S.RUNNING,
+                       to_stage=G.LIVE, detail=detail, persona=persona, started_at=now, heartbeat_at=now,
+                       worker="", attach_by=attach_by)
 
 
 def run_finalize(*, run_id) -> bool:
@@ -256,17 +267,8 @@ def admit_pending_runs(*, workspace_id) -> list:
                 per_scenario[scenario_id] = per_scenario.get(scenario_id, 0) + 1
                 admitted.append(run_id)
         if admitted:
-            from runs import tasks
-            from runs.live import publish_run_changed, ring
-
-            def dispatch(ids=tuple(str(i) for i in admitted)):
-                # A few runs per message: one Celery round trip each was what staggered a batch's
-                # start, while small chunks still spread a batch over every worker process.
-                for start in range(0, len(ids), EXECUTE_CHUNK):
-                    ring(tasks.execute_runs, list(ids[start:start + EXECUTE_CHUNK]))
-                publish_run_changed(*ids)
-
-            transaction.on_commit(dispatch)
+            ids = [str(i) for i in admitted]
+            transaction.on_commit(lambda: dispatch.execute_runs(ids))
         return admitted
 
 
@@ -284,7 +286,6 @@ def workspace_queue_resume(*, workspace: Workspace) -> None:
 # Watchdogs -------------------------------------------------------------------------------------
 
 DISPATCH_RETRY_SECONDS = 10
-EXECUTE_CHUNK = 8
 DURATION_GRACE_SECONDS = 15
 
 
@@ -296,13 +297,12 @@ def sweep() -> dict:
       since nothing of them has run yet;
     - runs whose executor stopped heartbeating end as ``failed / error``;
     - live runs far past their agent's cap end as ``failed / duration_cap_no_progress`` (the
-      executor normally ends them itself at the cap).
+      executor normally ends them itself at the cap);
+    - voice runs still waiting for their call past ``attach_by`` end as ``inbound_timeout``
+      (inbound: no call arrived in the window) or ``target_unreachable`` (outbound: never answered).
     """
-    from runs import tasks
-    from runs.live import ring
-
     now = timezone.now()
-    counts = {"admitted": 0, "redispatched": 0, "lost": 0, "capped": 0}
+    counts = {"admitted": 0, "redispatched": 0, "lost": 0, "capped": 0, "unanswered": 0}
     for workspace_id in (
         Run.objects.filter(status=S.PENDING, workspace__queue_paused=False)
         .values_list("workspace_id", flat=True).distinct()
@@ -315,7 +315,7 @@ def sweep() -> dict:
     for run_id in unclaimed:
         # Touch admitted_at so one lost message is re-sent once per period, not on every sweep.
         if Run.objects.filter(pk=run_id, worker="", status=S.RUNNING).update(admitted_at=now):
-            ring(tasks.execute_runs, [str(run_id)])
+            dispatch.execute_runs([str(run_id)])
             counts["redispatched"] += 1
     lost = Run.objects.filter(
         status=S.RUNNING, heartbeat_at__lt=now - timedelta(seconds=settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)
@@ -324,12 +324,24 @@ def sweep() -> dict:
         if run_fail(run_id=run_id, reason=Run.FailureReason.ERROR,
                     detail=f"The worker executing this run ({worker}) stopped responding. Safe to retry."):
             counts["lost"] += 1
-    for run_id, started_at, cap in Run.objects.filter(status=S.RUNNING, stage=G.LIVE).values_list(
-        "id", "started_at", "scenario__agent__max_duration_seconds"
-    ):
+    # A conversation's cap counts from when it began: the call connected, or the chat went live.
+    for run_id, began, cap in Run.objects.filter(status=S.RUNNING, stage=G.LIVE).exclude(worker="").annotate(
+        began=Coalesce("attached_at", "started_at")
+    ).values_list("id", "began", "snapshot__agent__max_duration_seconds"):
         limit = (cap or 300) + DURATION_GRACE_SECONDS
-        if started_at and started_at < now - timedelta(seconds=limit):
+        if began and began < now - timedelta(seconds=limit):
             if run_fail(run_id=run_id, reason=Run.FailureReason.DURATION_CAP_NO_PROGRESS,
                         detail=f"The conversation was still going after the agent's {cap}s cap."):
                 counts["capped"] += 1
+    for run_id, direction, window in Run.objects.filter(
+        status=S.RUNNING, stage=G.LIVE, worker="", attach_by__lt=now
+    ).values_list("id", "snapshot__scenario__direction", "snapshot__scenario__inbound_window_seconds"):
+        if direction == "inbound":
+            reason, detail = Run.FailureReason.INBOUND_TIMEOUT, (
+                f"No call arrived on the reserved number within the scenario's {window}s window.")
+        else:
+            reason, detail = Run.FailureReason.TARGET_UNREACHABLE, (
+                "The call was never answered, and the telephony provider did not say why.")
+        if run_fail(run_id=run_id, reason=reason, detail=detail):
+            counts["unanswered"] += 1
     return counts

@@ -39,6 +39,17 @@ def execute_runs(run_ids: list[str]) -> None:
 
 
 @shared_task(ignore_result=True)
+def stop_run(run_id: str) -> None:
+    """A run ended: its channel's driver releases what it held (hangs up a call, frees a number)."""
+    from runs.execution import driver_for
+    from runs.models import Run
+
+    channel = Run.objects.filter(pk=run_id).values_list("snapshot__scenario__channel", flat=True).first()
+    if channel:
+        driver_for(channel).stop(run_id)
+
+
+@shared_task(ignore_result=True)
 def sweep_runs() -> None:
     services.sweep()
 

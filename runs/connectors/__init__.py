@@ -37,6 +37,9 @@ def failure(message: str, *, first_exchange: bool) -> ConnectorError:
 class Reply:
     text: str
     ended: bool = False  # the target ended the conversation
+    # The target's response time, where the connection measures it better than the engine's clock
+    # around ``send``: on a call, from the end of our caller's speech to the target's first words.
+    latency_ms: int | None = None
 
 
 @dataclass
@@ -63,6 +66,11 @@ class TargetConnection(ABC):
     async def press(self, digits: str) -> Reply:
         """Chat targets receive key presses as a message; voice connections send DTMF."""
         return await self.send(digits)
+
+    async def listen(self) -> Reply | None:
+        """Wait for the target to speak without saying anything first (a scripted ``expect`` before
+        any reply). A chat target only ever answers messages, so there is nothing to wait for."""
+        return None
 
     async def close(self) -> None:
         return None

@@ -1,0 +1,293 @@
+"""The life of a run's execution, in three services that do not care where they run:
+
+- ``materialize``: claim the admitted run, load it, compose the persona, check preconditions →
+  a ``PreparedRun``;
+- ``converse``: any caller against any target connection, recorded, under the duration cap →
+  an ``Outcome``;
+- ``finalize``: close the transcript, evaluate the success criteria, store verdict and metrics.
+
+How a conversation begins depends on the channel. Each channel has a ``ChannelDriver``: chat's
+driver converses right where the run was materialized (a worker's conversation loop); voice's
+driver (registered by the telephony app) places the call or arms an inbound number, and the
+conversation attaches later, wherever the call's ConversationRelay websocket lands (``attach``).
+Whatever goes wrong raises a ``RunFailure`` carrying its failure reason; ``fail_with`` is the one
+place that turns it into the run's ``failed`` transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from runs import services
+from runs.connectors import ConnectionContext, ConnectorError, TargetConnection, TargetUnreachable, connection_for
+from runs.engine import Clock, Outcome, ScriptedCaller
+from runs.evaluation import evaluate
+from runs.failures import DurationCapReached, PlatformError, RunFailure, TargetUnreachableFailure, ToolSyncPending
+from runs.llm_caller import CallerError, Function, LLMCaller
+from runs.models import CriterionResult, Run, ToolInvocation, Turn
+from runs.recorder import DbRecorder, db
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CAP_SECONDS = 300
+
+
+@dataclass
+class PreparedRun:
+    """Everything a conversation needs, loaded once when the run is materialized or attached."""
+
+    run_id: str
+    snapshot: dict
+    persona: str
+    llm: dict
+    functions: list[Function] = field(default_factory=list)
+    secrets: dict = field(default_factory=dict)  # the live target's headers (never snapshotted)
+
+    @property
+    def channel(self) -> str:
+        return self.snapshot["scenario"]["channel"]
+
+    @property
+    def direction(self) -> str:
+        return self.snapshot["scenario"].get("direction") or "outbound"
+
+    @property
+    def script(self) -> list[dict]:
+        return self.snapshot["path"].get("script") or []
+
+    @property
+    def cap_seconds(self) -> int:
+        return self.snapshot["agent"].get("max_duration_seconds") or DEFAULT_CAP_SECONDS
+
+    @property
+    def criteria(self) -> list[dict]:
+        return list(self.snapshot["scenario"].get("criteria") or []) + list(self.snapshot["path"].get("criteria") or [])
+
+
+class ChannelDriver(ABC):
+    """How the conversations of one channel begin and are stopped."""
+
+    @abstractmethod
+    async def start(self, prepared: PreparedRun, *, http) -> None:
+        """Take a materialized run live (in the worker that materialized it). Raises ``RunFailure``."""
+
+    def stop(self, run_id: str) -> None:
+        """The run ended (cancelled, failed, completed): release what it holds outside the database
+        (hang up its call, free its number). Runs in a Celery worker; idempotent."""
+
+
+class ChatDriver(ChannelDriver):
+    """A chat session opens and the whole conversation runs right here."""
+
+    async def start(self, prepared: PreparedRun, *, http) -> None:
+        if not await db(services.run_go_live, run_id=prepared.run_id, persona=prepared.persona):
+            return
+        context = ConnectionContext(session_id=prepared.run_id, http=http, secrets=prepared.secrets)
+        try:
+            connection = connection_for(prepared.snapshot["target"], context)
+        except ConnectorError as exc:
+            raise PlatformError(str(exc)) from None
+        outcome = await converse(prepared, connection, http=http)
+        await finalize(prepared, outcome)
+
+
+_DRIVERS: dict[str, ChannelDriver] = {"chat": ChatDriver()}
+
+
+def register_driver(channel: str, driver: ChannelDriver) -> None:
+    _DRIVERS[channel] = driver
+
+
+def driver_for(channel: str) -> ChannelDriver:
+    driver = _DRIVERS.get(channel)
+    if driver is None:
+        raise PlatformError(f"No driver for {channel} runs is installed in this deployment.")
+    return driver
+
+
+# Materialize -----------------------------------------------------------------------------------
+
+def compose_persona(snapshot: dict) -> str:
+    scenario, path, agent = snapshot["scenario"], snapshot["path"], snapshot["agent"]
+    parts = [
+        agent.get("instructions", ""),
+        f"Scenario: {scenario['name']}. {scenario.get('description', '')}",
+        f"Who you are and what you want: {path.get('narrative', '')}",
+    ]
+    if agent.get("end_conditions"):
+        parts.append(f"End the conversation when: {agent['end_conditions']}")
+    return "\n\n".join(p.strip() for p in parts if p and p.strip())
+
+
+def load_prepared(run_id) -> PreparedRun | None:
+    """The run with its live secrets and functions; raises ``ToolSyncPending`` for unsynced functions."""
+    # .order_by(): no default ordering to compile on this hot path.
+    run = Run.objects.select_related("scenario__agent", "scenario__target").filter(pk=run_id).order_by().first()
+    if run is None:
+        return None
+    scenario = run.scenario
+    live_target = scenario.target if scenario else None
+    agent = scenario.agent if scenario else None
+    unsynced, functions = [], []
+    if agent is not None:
+        for function in agent.functions.order_by():
+            if function.sync_status != "synced":
+                unsynced.append(f"{function.name} ({function.sync_status})")
+            functions.append(Function(name=function.name, description=function.description,
+                                      parameters=function.parameters, url=function.url, secret=function.secret))
+    if unsynced:
+        raise ToolSyncPending(f"These custom functions of the agent have not synced: {', '.join(unsynced)}. Check "
+                              "the Functions panel banner; click Retry if it's red.")
+    return PreparedRun(
+        run_id=str(run.pk),
+        snapshot=run.snapshot,
+        persona=run.persona or compose_persona(run.snapshot),
+        secrets=dict(live_target.headers) if live_target else {},
+        functions=functions,
+        llm={
+            "base_url": (agent.llm_base_url if agent and agent.llm_base_url else settings.LLM_BASE_URL),
+            "api_key": (agent.llm_api_key if agent and agent.llm_api_key else settings.LLM_API_KEY),
+            "model": (agent.llm_model if agent and agent.llm_model else settings.LLM_MODEL),
+        },
+    )
+
+
+async def materialize(run_id, *, worker: str) -> PreparedRun | None:
+    """Claim an admitted run and prepare it; None when another executor has it or it is gone."""
+    if not await db(services.run_claim, run_id=run_id, worker=worker):
+        return None  # another executor has it, or it was cancelled meanwhile
+    prepared = await db(load_prepared, run_id)
+    if prepared is not None and not prepared.script and not prepared.llm.get("base_url"):
+        raise PlatformError(
+            "This path has no script, so it needs the LLM caller, and no LLM provider is configured: set "
+            "LLM_BASE_URL (and LLM_API_KEY, LLM_MODEL) on the server, or an LLM endpoint on the agent."
+        )
+    return prepared
+
+
+# Converse --------------------------------------------------------------------------------------
+
+def caller_for(prepared: PreparedRun, *, http):
+    if prepared.script:
+        return ScriptedCaller(prepared.script)
+    try:
+        return LLMCaller(persona=prepared.persona, language=prepared.snapshot["agent"].get("language", "en-US"),
+                         llm=prepared.llm, functions=prepared.functions, channel=prepared.channel,
+                         http=http, run_id=prepared.run_id)
+    except CallerError as exc:
+        raise PlatformError(str(exc)) from None
+
+
+async def converse(prepared: PreparedRun, connection: TargetConnection, *, http) -> Outcome:
+    """The conversation, recorded turn by turn, ended at the agent's duration cap. Closes ``connection``."""
+    cap = prepared.cap_seconds
+    try:
+        caller = caller_for(prepared, http=http)
+        return await asyncio.wait_for(caller.converse(connection, DbRecorder(prepared.run_id), Clock()), timeout=cap)
+    except TargetUnreachable as exc:
+        what = "phone number and that it is accepting calls" if prepared.channel == "voice" else (
+            "URL and that the system is accepting sessions")
+        raise TargetUnreachableFailure(f"{exc}. Check the target's {what}.") from None
+    except CallerError as exc:
+        raise PlatformError(str(exc)) from None
+    except asyncio.TimeoutError:
+        raise DurationCapReached(f"The conversation was still going after the agent's {cap}s cap. Raise the cap on "
+                                 "the agent, or add tighter end conditions to the scenario description.") from None
+    finally:
+        try:
+            await connection.close()
+        except Exception:  # closing a broken session must not mask how the run ended
+            logger.debug("closing the target connection of run %s failed", prepared.run_id, exc_info=True)
+
+
+# Finalize --------------------------------------------------------------------------------------
+
+def _transcript(run_id) -> tuple[list[dict], list[dict]]:
+    turns = list(Turn.objects.filter(run_id=run_id).order_by("seq").values(
+        "seq", "speaker", "text", "latency_ms", "started_ms", "is_error"))
+    tools = list(ToolInvocation.objects.filter(run_id=run_id).order_by("seq").values("seq", "name", "arguments"))
+    return turns, tools
+
+
+def _save_results(run_id, results) -> None:
+    with transaction.atomic():
+        CriterionResult.objects.filter(run_id=run_id).delete()
+        CriterionResult.objects.bulk_create([
+            CriterionResult(run_id=run_id, position=i, name=r.name, kind=r.kind, outcome=r.outcome,
+                            rationale=r.rationale, evidence=r.evidence)
+            for i, r in enumerate(results)
+        ])
+
+
+async def finalize(prepared: PreparedRun, outcome: Outcome) -> None:
+    """Close the transcript, evaluate the criteria, and complete the run with its verdict."""
+    if not await db(services.run_finalize, run_id=prepared.run_id):
+        return
+    turns, tools = await db(_transcript, prepared.run_id)
+    results, verdict, metrics = await evaluate(
+        prepared.criteria, turns=turns, tools=tools, ended_by=outcome.ended_by, duration_ms=outcome.duration_ms,
+        expectation_failures=outcome.expectation_failures, scripted=bool(prepared.script), llm=prepared.llm,
+    )
+    await db(_save_results, prepared.run_id, results)
+    await db(services.run_complete, run_id=prepared.run_id, verdict=verdict, metrics=metrics)
+
+
+# Entry points ----------------------------------------------------------------------------------
+
+def fail_with(run_id, failure: RunFailure) -> bool:
+    return services.run_fail(run_id=run_id, reason=failure.reason, detail=failure.detail)
+
+
+async def guarded(run_id, coroutine) -> None:
+    """Await ``coroutine``; a ``RunFailure`` or any unexpected error ends the run as ``failed``."""
+    try:
+        await coroutine
+    except asyncio.CancelledError:
+        raise  # the holder saw the run end elsewhere; the finally blocks closed the session
+    except RunFailure as failure:
+        await db(fail_with, run_id, failure)
+    except Exception as exc:
+        logger.exception("run %s failed with an unexpected error", run_id)
+        await db(fail_with, run_id, PlatformError(f"Unexpected {type(exc).__name__}: {exc}. Safe to retry."))
+
+
+async def execute(run_id, *, worker: str, http) -> None:
+    """Run one admitted run in a worker: materialize it, then let its channel's driver take it live."""
+
+    async def steps():
+        prepared = await materialize(run_id, worker=worker)
+        if prepared is not None:
+            await driver_for(prepared.channel).start(prepared, http=http)
+
+    await guarded(run_id, steps())
+
+
+def claim_attachment(run_id, *, holder: str) -> bool:
+    """The conversation of a live run that waited for it (a call) attaches to ``holder``; once."""
+    now = timezone.now()
+    return Run.objects.filter(pk=run_id, status=Run.Status.RUNNING, stage=Run.Stage.LIVE, worker="").update(
+        worker=holder, heartbeat_at=now, attached_at=now, attach_by=None) == 1
+
+
+async def attach(run_id, *, holder: str) -> PreparedRun | None:
+    """Claim a waiting live run for the conversation arriving now; None if it is not waiting."""
+    if not await db(claim_attachment, run_id, holder=holder):
+        return None
+    return await db(load_prepared, run_id)
+
+
+async def converse_attached(prepared: PreparedRun, connection: TargetConnection, *, http) -> None:
+    """The attached conversation to its end, then finalize; failures end the run as ``failed``."""
+
+    async def steps():
+        outcome = await converse(prepared, connection, http=http)
+        await finalize(prepared, outcome)
+
+    await guarded(prepared.run_id, steps())

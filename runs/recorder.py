@@ -1,0 +1,98 @@
+"""Saving a conversation as it happens: the database thread pool, and the recorder that persists
+each turn and tool invocation first and then publishes it to the run's group.
+
+Importable from any process that holds conversations — a Celery worker's conversation loop, or
+daphne, where the ConversationRelay websocket of a call lands — without starting either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from runs.live import group_send
+from runs.models import Run, ToolInvocation, Turn
+
+# ORM calls leave the event loop for these threads; each keeps its own database connection.
+# SQLite has one writer at a time, and writers that collide back off by sleeping in its busy
+# handler (tens of milliseconds each); one thread queues them without collisions instead.
+_db_pool = ThreadPoolExecutor(
+    max_workers=1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 8,
+    thread_name_prefix="assure-db",
+)
+
+_thread_state = threading.local()
+CONNECTION_CHECK_SECONDS = 10.0
+
+
+def _with_fresh_connection(fn, args, kwargs):
+    # Drop a broken or expired connection now and then, not on every call: with health checks
+    # on, each check costs a "SELECT 1" round trip on the next query.
+    now = time.monotonic()
+    if now - getattr(_thread_state, "checked", 0.0) > CONNECTION_CHECK_SECONDS:
+        close_old_connections()
+        _thread_state.checked = now
+    return fn(*args, **kwargs)
+
+
+async def db(fn, *args, **kwargs):
+    """Run the synchronous ORM function ``fn`` on the database threads."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_db_pool, _with_fresh_connection, fn, args, kwargs)
+
+
+class DbRecorder:
+    """Persists each turn and tool invocation first, then publishes it to the run's group."""
+
+    def __init__(self, run_id):
+        self.run_id = run_id
+        self.turn_seq = 0
+        self.tool_seq = 0
+
+    async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False):
+        self.turn_seq += 1
+        row = {"seq": self.turn_seq, "speaker": speaker, "text": text, "started_ms": started_ms,
+               "ended_ms": ended_ms, "latency_ms": latency_ms, "is_error": is_error}
+        if await db(save_if_running, Turn, self.run_id, row):
+            await self._publish({"type": "run.turn", "run": str(self.run_id), **row})
+
+    async def tool(self, *, name, arguments, result, at_ms, duration_ms=None, status="ok"):
+        self.tool_seq += 1
+        row = {"seq": self.tool_seq, "name": name, "arguments": arguments, "result": result,
+               "at_ms": at_ms, "duration_ms": duration_ms, "status": status}
+        if await db(save_if_running, ToolInvocation, self.run_id, row):
+            await self._publish({"type": "run.tool", "run": str(self.run_id), **row})
+
+    async def _publish(self, message: dict) -> None:
+        # The row is saved first; a page that misses this push catches up by sequence number.
+        await group_send([f"run-{self.run_id}"], message)
+
+
+def save_if_running(model, run_id, row: dict) -> bool:
+    """Insert a transcript row unless the run has ended (a cancelled run never changes again).
+
+    One ``INSERT … SELECT … WHERE EXISTS`` statement: the check and the write cost one round trip
+    on the hot path of every turn, with no explicit transaction or row lock.
+    """
+    values = {**row, "run_id": run_id}
+    if any(f.name == "created_at" for f in model._meta.concrete_fields):
+        values["created_at"] = timezone.now()
+    fields = [model._meta.get_field(name) for name in values]
+    params = [f.get_db_prep_save(values[f.attname], connection) for f in fields]
+    pk = Run._meta.pk
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} "
+        f"({', '.join(quote(f.column) for f in fields)}) "
+        f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS (SELECT 1 FROM "
+        f"{quote(Run._meta.db_table)} WHERE {quote(pk.column)} = %s AND {quote('status')} = %s)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, pk.get_db_prep_value(run_id, connection), Run.Status.RUNNING.value])
+        return cursor.rowcount == 1
