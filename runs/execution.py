@@ -185,12 +185,17 @@ def caller_for(prepared: PreparedRun, *, http):
         raise PlatformError(str(exc)) from None
 
 
-async def converse(prepared: PreparedRun, connection: TargetConnection, *, http) -> Outcome:
-    """The conversation, recorded turn by turn, ended at the agent's duration cap. Closes ``connection``."""
+async def converse(prepared: PreparedRun, connection: TargetConnection, *, http,
+                   recorder: DbRecorder | None = None) -> Outcome:
+    """The conversation, recorded turn by turn, ended at the agent's duration cap. Closes ``connection``.
+
+    A connection that records events of its own (a call's interruptions) shares ``recorder``, so
+    both number their rows from one sequence."""
     cap = prepared.cap_seconds
     try:
         caller = caller_for(prepared, http=http)
-        return await asyncio.wait_for(caller.converse(connection, DbRecorder(prepared.run_id), Clock()), timeout=cap)
+        recorder = recorder or DbRecorder(prepared.run_id)
+        return await asyncio.wait_for(caller.converse(connection, recorder, Clock()), timeout=cap)
     except TargetUnreachable as exc:
         what = "phone number and that it is accepting calls" if prepared.channel == "voice" else (
             "URL and that the system is accepting sessions")
@@ -283,11 +288,12 @@ async def attach(run_id, *, holder: str) -> PreparedRun | None:
     return await db(load_prepared, run_id)
 
 
-async def converse_attached(prepared: PreparedRun, connection: TargetConnection, *, http) -> None:
+async def converse_attached(prepared: PreparedRun, connection: TargetConnection, *, http,
+                            recorder: DbRecorder | None = None) -> None:
     """The attached conversation to its end, then finalize; failures end the run as ``failed``."""
 
     async def steps():
-        outcome = await converse(prepared, connection, http=http)
+        outcome = await converse(prepared, connection, http=http, recorder=recorder)
         await finalize(prepared, outcome)
 
     await guarded(prepared.run_id, steps())

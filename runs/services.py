@@ -100,7 +100,8 @@ def snapshot_of(path: Path) -> dict:
             "id": str(target.id), "name": target.name, "channel": target.channel, "kind": target.kind,
             "url": target.url, "phone_number": target.phone_number,
             "request_template": target.request_template, "response_path": target.response_path,
-            "model": target.model,
+            "model": target.model, "rehearse_with": str(target.rehearse_with_id) if target.rehearse_with_id else None,
+            "dial_in_delay_seconds": target.dial_in_delay_seconds,
         },
     }
 

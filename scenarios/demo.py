@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from assure.models import Membership, Workspace
-from scenarios.models import Agent, Channel, Path, Scenario, Target
+from scenarios.models import DEMO_VOICE_NUMBER, Agent, Channel, Path, Scenario, Target
 
 DEMO_SLUG = "demo"
 
@@ -81,6 +81,7 @@ VOICE_SCENARIO = {
             "name": "Books through the keypad menu",
             "narrative": "Sam presses 1 for appointments and books Monday.",
             "script": [
+                {"say": "Hi, is this Brightsmile Dental?"},
                 {"expect": "(?i)press 1"},
                 {"press": "1"},
                 {"expect": "(?i)what day"},
@@ -96,6 +97,7 @@ VOICE_SCENARIO = {
             "name": "Dental emergency",
             "narrative": "Priya has a broken tooth and is in pain; she needs the emergency line.",
             "script": [
+                {"say": "Hello, I need help urgently."},
                 {"expect": "(?i)press 1"},
                 {"press": "2"},
                 {"expect": "(?i)emergenc"},
@@ -109,6 +111,7 @@ VOICE_SCENARIO = {
             "name": "Caller who says nothing useful",
             "narrative": "An unsure caller mumbles; the assistant should ask again politely.",
             "script": [
+                {"say": "Hello?"},
                 {"expect": "(?i)press 1"},
                 {"say": "Umm, I'm not sure."},
                 {"expect": "(?i)sorry|again"},
@@ -118,6 +121,40 @@ VOICE_SCENARIO = {
         },
     ],
 }
+
+INBOUND_SCENARIO = {
+    "name": "Clinic calls the patient back (inbound voice)",
+    "description": (
+        "Brightsmile Dental's phone system calls a patient back. The run arms one of the workspace's "
+        "inbound numbers and waits for the clinic's call; the patient then books through the menu."
+    ),
+    "criteria": [
+        {"name": "Introduces the clinic", "kind": "regex", "speaker": "target", "pattern": "(?i)brightsmile"},
+        {"name": "Patient ends the call", "kind": "ended_by", "speaker": "caller"},
+    ],
+    "paths": [
+        {
+            "name": "Patient books from the call-back",
+            "narrative": "Noor answers the clinic's call and books a Tuesday appointment through the keypad.",
+            "script": [
+                {"say": "Hello, Noor speaking."},
+                {"expect": "(?i)press 1"},
+                {"press": "1"},
+                {"expect": "(?i)what day"},
+                {"say": "Tuesday, please."},
+                {"expect": "(?i)10 ?am|3 ?pm"},
+                {"say": "10am."},
+                {"expect": "(?i)booked"},
+                {"say": "Thank you, bye."},
+                {"end_call": True},
+            ],
+            "criteria": [{"name": "Confirms the booking", "kind": "contains", "speaker": "target", "text": "booked"}],
+        },
+    ],
+}
+
+# Fictional loopback number the demo agent calls from (telephony/demo.py provisions it).
+DEMO_OUTBOUND_NUMBER = "+15550150"
 
 
 @transaction.atomic
@@ -144,11 +181,13 @@ def demo_seed(*, password: str | None) -> Workspace:
         name="Demo receptionist (chat)",
         defaults={"channel": Channel.CHAT, "kind": Target.Kind.DEMO},
     )
-    voice_target, _ = Target.objects.get_or_create(
+    voice_target, _ = Target.objects.update_or_create(
         workspace=workspace,
         name="Demo receptionist (voice)",
-        defaults={"channel": Channel.VOICE, "kind": Target.Kind.DEMO},
+        defaults={"channel": Channel.VOICE, "kind": Target.Kind.DEMO, "phone_number": DEMO_VOICE_NUMBER,
+                  "dial_in_delay_seconds": 1},
     )
+
     agent, _ = Agent.objects.get_or_create(
         workspace=workspace,
         name="Demo caller",
@@ -157,15 +196,22 @@ def demo_seed(*, password: str | None) -> Workspace:
             "end the conversation once your request is handled.",
             "end_conditions": "End once the booking, cancellation or referral is confirmed.",
             "max_duration_seconds": 120,
+            "outbound_numbers": [DEMO_OUTBOUND_NUMBER],
         },
     )
-    for spec, channel, target in ((CHAT_SCENARIO, Channel.CHAT, chat_target), (VOICE_SCENARIO, Channel.VOICE, voice_target)):
+    for spec, channel, target, direction in (
+        (CHAT_SCENARIO, Channel.CHAT, chat_target, Scenario.Direction.OUTBOUND),
+        (VOICE_SCENARIO, Channel.VOICE, voice_target, Scenario.Direction.OUTBOUND),
+        (INBOUND_SCENARIO, Channel.VOICE, voice_target, Scenario.Direction.INBOUND),
+    ):
         scenario, _ = Scenario.objects.update_or_create(
             workspace=workspace,
             name=spec["name"],
             defaults={
                 "description": spec["description"],
                 "channel": channel,
+                "direction": direction,
+                "inbound_window_seconds": 120,
                 "agent": agent,
                 "target": target,
                 "criteria": spec["criteria"],

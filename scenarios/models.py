@@ -113,9 +113,12 @@ class Target(WorkspaceOwned):
         WEBSOCKET = "websocket", "WebSocket"
         PHONE = "phone", "Phone number"
         DEMO = "demo", "Built-in demo"
+        REHEARSAL = "rehearsal", "Rehearsal (a chat target, spoken)"
 
     CHAT_KINDS = (Kind.OPENAI_CHAT, Kind.HTTP_JSON, Kind.WEBSOCKET, Kind.DEMO)
-    VOICE_KINDS = (Kind.PHONE, Kind.DEMO)
+    VOICE_KINDS = (Kind.PHONE, Kind.DEMO, Kind.REHEARSAL)
+    # Voice targets that live inside the loopback telephony, reached on fictional numbers.
+    LOOPBACK_KINDS = (Kind.DEMO, Kind.REHEARSAL)
 
     name = models.CharField(max_length=100)
     channel = models.CharField(max_length=10, choices=Channel.choices)
@@ -128,6 +131,14 @@ class Target(WorkspaceOwned):
     request_template = models.JSONField(default=dict, blank=True, validators=[validators.validate_json_object])
     response_path = models.CharField(max_length=200, blank=True, validators=[validators.validate_jsonpath])
     model = models.CharField(max_length=100, blank=True, help_text="Model name sent to an openai_chat target.")
+    rehearse_with = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.RESTRICT, related_name="rehearsals",
+        help_text="Rehearsal targets: the chat target whose replies are spoken on a loopback call.",
+    )
+    dial_in_delay_seconds = models.PositiveIntegerField(
+        default=2, validators=[MaxValueValidator(3600)],
+        help_text="Loopback targets in inbound scenarios dial the armed number after this many seconds.",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -136,9 +147,13 @@ class Target(WorkspaceOwned):
             models.CheckConstraint(
                 condition=(
                     models.Q(channel="chat", kind__in=["openai_chat", "http_json", "websocket", "demo"])
-                    | models.Q(channel="voice", kind__in=["phone", "demo"])
+                    | models.Q(channel="voice", kind__in=["phone", "demo", "rehearsal"])
                 ),
                 name="target_kind_matches_channel",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind="rehearsal", rehearse_with__isnull=False) | ~models.Q(kind="rehearsal"),
+                name="target_rehearsal_has_chat_target",
             ),
         ]
 
@@ -147,6 +162,9 @@ class Target(WorkspaceOwned):
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
+        if self.channel == Channel.VOICE and self.kind in self.LOOPBACK_KINDS:
+            # Loopback targets answer on their own fictional number; users never type one.
+            self.phone_number = loopback_number(self)
         allowed = self.CHAT_KINDS if self.channel == Channel.CHAT else self.VOICE_KINDS
         if self.channel and self.kind and self.kind not in allowed:
             errors["kind"] = f"A {self.channel} target's kind is one of: {', '.join(allowed)}."
@@ -177,8 +195,30 @@ class Target(WorkspaceOwned):
                 errors["response_path"] = "An http_json target needs the JSONPath of the reply, e.g. $.reply."
         if self.kind == self.Kind.OPENAI_CHAT and not self.model:
             errors["model"] = "An openai_chat target needs the model name to send."
+        if self.kind == self.Kind.REHEARSAL:
+            if not self.rehearse_with_id:
+                errors["rehearse_with"] = "A rehearsal target needs the chat target whose replies it speaks."
+            else:
+                chat = self.rehearse_with
+                if chat.workspace_id != self.workspace_id:
+                    errors["rehearse_with"] = "Must belong to the same workspace."
+                elif chat.channel != Channel.CHAT:
+                    errors["rehearse_with"] = "Pick a chat target: its replies are what the rehearsal speaks."
+        elif self.rehearse_with_id:
+            errors["rehearse_with"] = "Only rehearsal targets speak a chat target's replies."
         if errors:
             raise ValidationError(errors)
+
+
+DEMO_VOICE_NUMBER = "+15550100"
+
+
+def loopback_number(target: "Target") -> str:
+    """The fictional number (+1 555 01…) a loopback voice target answers on: the demo receptionist
+    has one shared number, each rehearsal target its own, derived from its id."""
+    if target.kind == Target.Kind.DEMO:
+        return DEMO_VOICE_NUMBER
+    return f"+155501{target.id.int % 10**8:08d}"
 
 
 def _strings(value) -> str:

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from assure.models import Membership, Workspace
 from runs.models import Batch, CriterionResult, Run, RunEvent, ToolInvocation, Turn
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
-from telephony.models import PhoneNumber
+from telephony.models import Call, PhoneNumber
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -159,3 +159,16 @@ class PhoneNumberFactory(factory.django.DjangoModelFactory):
     workspace = factory.SubFactory(WorkspaceFactory)
     number = factory.Sequence(lambda n: f"+1415555{n:04d}")
     provider = "loopback"
+
+
+class CallFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Call
+
+    run = factory.SubFactory(RunFactory)
+    workspace = factory.SelfAttribute("run.workspace")
+    provider = "loopback"
+    direction = "outbound"
+    sid = factory.Sequence(lambda n: f"CA{n:032d}")
+    from_number = "+15550150"
+    to_number = "+15550100"

@@ -15,7 +15,7 @@ from assure.models import ApiToken, Membership, Workspace
 from assure.services import api_token_authenticate, api_token_create
 from runs.models import Batch, CriterionResult, Run, RunEvent, ToolInvocation, Turn
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
-from telephony.models import PhoneNumber
+from telephony.models import Call, PhoneNumber
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -37,9 +37,10 @@ MAKERS = {
     CriterionResult: lambda ws: f.CriterionResultFactory(run__path__scenario__workspace=ws),
     RunEvent: lambda ws: f.RunEventFactory(run__path__scenario__workspace=ws),
     PhoneNumber: lambda ws: f.PhoneNumberFactory(workspace=ws),
+    Call: lambda ws: f.CallFactory(run=f.RunFactory(workspace=ws)),
 }
 # Runs and their records are written by the engine's services only.
-NOT_ADDABLE = {Batch, Run, Turn, ToolInvocation, CriterionResult, RunEvent}
+NOT_ADDABLE = {Batch, Run, Turn, ToolInvocation, CriterionResult, RunEvent, Call}
 by_name = {"ids": lambda model: model.__name__}
 
 

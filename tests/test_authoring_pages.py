@@ -461,7 +461,7 @@ def test_the_target_form_marks_fields_by_kind(member_client):
     ({"request_template": ""}, "request_template", "An http_json target needs a request template"),
     ({"request_template": '{"text": "hi"}'}, "request_template", "The request template must place {{message}}"),
     ({"response_path": "reply"}, "response_path", "Must be a JSONPath starting with $"),
-    ({"channel": "voice", "kind": "http_json"}, "kind", "A voice target's kind is one of: phone, demo."),
+    ({"channel": "voice", "kind": "http_json"}, "kind", "A voice target's kind is one of: phone, demo, rehearsal."),
     ({"kind": "openai_chat", "model": ""}, "model", "An openai_chat target needs the model name"),
     ({"kind": "websocket", "url": "https://x.example"}, "url", "Must be a URL starting with ws:// or wss://."),
     ({"headers": '{"Bad Header": "x"}'}, "headers", "'Bad Header' is not a valid HTTP header name."),

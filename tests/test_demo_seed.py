@@ -5,6 +5,7 @@ from django.test import override_settings
 
 from assure.models import Membership, Workspace
 from scenarios.models import Path, Scenario, Target
+from telephony.models import PhoneNumber
 
 pytestmark = pytest.mark.django_db
 
@@ -19,18 +20,25 @@ def test_seed_demo_creates_a_workspace_ready_to_run():
     kinds = set(Target.objects.filter(workspace=workspace).values_list("channel", "kind"))
     assert kinds == {("chat", "demo"), ("voice", "demo")}
     scenarios = Scenario.objects.filter(workspace=workspace)
-    assert scenarios.count() == 2
+    assert set(scenarios.values_list("channel", "direction")) == {
+        ("chat", "outbound"), ("voice", "outbound"), ("voice", "inbound")}
     for scenario in scenarios:
-        assert scenario.paths.count() >= 3
+        assert scenario.paths.count() >= 1
         assert all(path.script for path in scenario.paths.all())
+    # Loopback numbers: the demo agent dials from its caller ID; inbound runs arm the inbound lines.
+    numbers = PhoneNumber.objects.filter(workspace=workspace, provider="loopback")
+    assert set(numbers.values_list("direction", flat=True)) == {"outbound", "inbound"}
+    agent = scenarios.get(channel="voice", direction="outbound").agent
+    assert set(agent.outbound_numbers) <= set(numbers.values_list("number", flat=True))
 
 
 @override_settings(EMBEDDED_DATABASE=True)
 def test_seed_demo_is_idempotent():
     call_command("seed_demo", verbosity=0)
-    counts = (Scenario.objects.count(), Path.objects.count(), Target.objects.count())
+    counts = (Scenario.objects.count(), Path.objects.count(), Target.objects.count(), PhoneNumber.objects.count())
     call_command("seed_demo", verbosity=0)
-    assert (Scenario.objects.count(), Path.objects.count(), Target.objects.count()) == counts
+    assert (Scenario.objects.count(), Path.objects.count(), Target.objects.count(),
+            PhoneNumber.objects.count()) == counts
 
 
 @override_settings(EMBEDDED_DATABASE=False)

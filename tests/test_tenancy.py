@@ -8,7 +8,7 @@ from assure.services import api_token_create
 from assure.tenancy import scoped, switch_workspace, user_workspaces
 from runs.models import Batch, CriterionResult, Run, RunEvent, ToolInvocation, Turn
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
-from telephony.models import PhoneNumber
+from telephony.models import Call, PhoneNumber
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -26,6 +26,7 @@ TENANT_MODELS = {
     CriterionResult: f.CriterionResultFactory,
     RunEvent: f.RunEventFactory,
     PhoneNumber: f.PhoneNumberFactory,
+    Call: f.CallFactory,
     Membership: f.MembershipFactory,
 }
 

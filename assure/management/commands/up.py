@@ -49,12 +49,17 @@ class Command(BaseCommand):
                 except EmbeddedRedisError as exc:
                     raise CommandError(str(exc)) from None
             python = sys.executable
+            # Every process agrees on where the web server and the loopback telephony listen.
+            os.environ["PORT"] = str(port)
+            os.environ.setdefault("LOOPBACK_TELEPHONY_PORT", str(port + 10))
             commands = {
                 "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "assure.asgi:application"],
                 "worker": [python, "-m", "celery", "-A", "assure", "worker", "--loglevel", "INFO",
                            "--concurrency", str(concurrency), "--hostname", f"worker-{os.getpid()}@%h"],
                 "beat": [python, "-m", "celery", "-A", "assure", "beat", "--loglevel", "INFO",
                          "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
+                # The local Twilio emulator: loopback numbers (the demo's) call through it.
+                "telephony": [python, "manage.py", "loopback_telephony"],
             }
             # Workers reach the built-in demo target on this web server.
             os.environ.setdefault("DEMO_TARGET_URL", f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/demo-target/chat/")
@@ -123,7 +128,7 @@ class Command(BaseCommand):
 
     def _stop_children(self, children: dict[str, subprocess.Popen], timeout: float = 20) -> None:
         # Web first (no new work accepted), then beat, then the worker, which finishes what it runs.
-        for name in ("web", "beat", "worker"):
+        for name in ("web", "beat", "worker", "telephony"):
             child = children.get(name)
             if child is not None and child.poll() is None:
                 child.send_signal(signal.SIGTERM)
