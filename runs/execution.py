@@ -289,11 +289,16 @@ async def attach(run_id, *, holder: str) -> PreparedRun | None:
 
 
 async def converse_attached(prepared: PreparedRun, connection: TargetConnection, *, http,
-                            recorder: DbRecorder | None = None) -> None:
-    """The attached conversation to its end, then finalize; failures end the run as ``failed``."""
+                            recorder: DbRecorder | None = None, on_ended=None) -> None:
+    """The attached conversation to its end, then finalize; failures end the run as ``failed``.
+    ``on_ended`` (a coroutine function) records how the session ended before the run can finish."""
 
     async def steps():
-        outcome = await converse(prepared, connection, http=http, recorder=recorder)
+        try:
+            outcome = await converse(prepared, connection, http=http, recorder=recorder)
+        finally:
+            if on_ended is not None:
+                await on_ended()
         await finalize(prepared, outcome)
 
     await guarded(prepared.run_id, steps())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 import openai
@@ -89,8 +90,18 @@ class LLMCaller:
                 self.messages.append({"role": "user", "content": greeting.text})
             else:
                 self.messages.append({"role": "user", "content": "[The conversation has started. You speak first.]"})
+            # On a call the words go out as the model writes them: the provider speaks the first
+            # ones while the rest are being generated (a connection that can says so).
+            streaming = getattr(connection, "streams_speech", False)
             for _ in range(MAX_CALLER_TURNS):
-                message = await self._next()
+                first_word_ms: list[int] = []
+
+                async def speak(token: str) -> None:
+                    if not first_word_ms:
+                        first_word_ms.append(clock.ms())
+                    await connection.speak(token)
+
+                message = await self._next(speak=speak if streaming else None)
                 calls = message.tool_calls or []
                 text = (message.content or "").strip()
                 self.messages.append(_assistant_message(message))
@@ -102,8 +113,9 @@ class LLMCaller:
                 sends = []
                 if text:
                     at = clock.ms()
-                    await recorder.turn(speaker="caller", text=text, started_ms=at, ended_ms=at)
-                    sends.append((connection.send, text))
+                    await recorder.turn(speaker="caller", text=text, started_ms=first_word_ms[0] if first_word_ms else at,
+                                        ended_ms=at)
+                    sends.append((connection.finish_speaking if streaming else connection.send, text))
                 ended = False
                 for call in calls:
                     name, arguments = call.function.name, _arguments(call.function.arguments)
@@ -143,17 +155,42 @@ class LLMCaller:
         finally:
             await self.client.close()
 
-    async def _next(self):
+    async def _next(self, *, speak=None):
+        """The model's next message. With ``speak``, it is streamed and each piece of its text is
+        handed to ``speak`` as it arrives; tool calls are assembled from their streamed parts."""
         try:
-            completion = await self.client.chat.completions.create(
+            if speak is None:
+                completion = await self.client.chat.completions.create(
+                    model=self.llm["model"], messages=self.messages, tools=self.tools, seed=SEED, temperature=0.7,
+                )
+                if not completion.choices:
+                    raise CallerError(f"The LLM at {self.llm['base_url']} returned no message.")
+                return completion.choices[0].message
+            stream = await self.client.chat.completions.create(
                 model=self.llm["model"], messages=self.messages, tools=self.tools, seed=SEED, temperature=0.7,
+                stream=True,
             )
+            content, calls = [], {}
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if delta.content:
+                    content.append(delta.content)
+                    await speak(delta.content)
+                for part in delta.tool_calls or []:
+                    call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = part.id or call["id"]
+                    if part.function is not None:
+                        call["name"] += part.function.name or ""
+                        call["arguments"] += part.function.arguments or ""
         except openai.OpenAIError as exc:
             raise CallerError(f"The LLM caller could not get its next message from {self.llm['base_url']}: {exc}. "
                               "Check the LLM settings of the server or the agent.") from None
-        if not completion.choices:
-            raise CallerError(f"The LLM at {self.llm['base_url']} returned no message.")
-        return completion.choices[0].message
+        return SimpleNamespace(content="".join(content), tool_calls=[
+            SimpleNamespace(id=c["id"], function=SimpleNamespace(name=c["name"], arguments=c["arguments"]))
+            for _, c in sorted(calls.items())
+        ] or None)
 
     def _tool_result(self, call_id: str, result) -> None:
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)})

@@ -35,6 +35,7 @@ class RelayConnection(TargetConnection):
         self.we_ended = False        # our caller ended it (``end`` sent)
         self.our_speech_ended: float | None = None
         self.target_began: float | None = None
+        self._turn: tuple[str, float] | None = None  # (earlier words, when we began) of the turn under way
         self.events: list[dict] = []
 
     def _ms(self, at: float | None = None) -> int:
@@ -116,15 +117,45 @@ class RelayConnection(TargetConnection):
                 pass  # the socket is already gone: the call is over either way
             self.closed = True
 
+    # Streamed speech: the LLM caller's words go out as they are generated, so the provider starts
+    # speaking the first ones while the rest are still being written.
+    streams_speech = True
+
+    async def speak(self, token: str) -> None:
+        """Send the next words of the caller's utterance; ``finish_speaking`` ends it."""
+        if self.closed:
+            return
+        if self._turn is None:
+            self._begin_turn()
+        await self.send_json({"type": "text", "token": token, "last": False})
+
+    async def finish_speaking(self, text: str) -> Reply:
+        """End the streamed utterance ``text`` and wait for the target's reply."""
+        if self.closed:
+            return Reply("", ended=True)
+        if self._turn is None:
+            self._begin_turn()
+        self._note("caller_said", text=text)
+        await self.send_json({"type": "text", "token": "", "last": True})
+        return await self._reply_to_turn()
+
     async def _act(self, frame: dict, *, text: str | None) -> Reply:
         if self.closed:
             return Reply("", ended=True)
-        earlier = self._drain()  # what the target said unprompted since the last exchange
-        self.our_speech_ended = None
-        self.target_began = None
-        sent = time.monotonic()
+        self._begin_turn()
         self._note("caller_said" if text is not None else "caller_pressed", text=text or frame.get("digits"))
         await self.send_json(frame)
+        return await self._reply_to_turn()
+
+    def _begin_turn(self) -> None:
+        # What the target said unprompted since the last exchange goes with the next reply.
+        self._turn = (self._drain(), time.monotonic())
+        self.our_speech_ended = None
+        self.target_began = None
+
+    async def _reply_to_turn(self) -> Reply:
+        earlier, sent = self._turn
+        self._turn = None
         reply = await self._next_reply(timeout=REPLY_TIMEOUT_SECONDS, since=sent, required=True)
         if earlier:
             reply.text = " ".join(t for t in (earlier, reply.text) if t)
@@ -153,7 +184,7 @@ class RelayConnection(TargetConnection):
         if kind == "error":
             code = next((c for c in text.replace(")", " ").replace("(", " ").split() if c.isdigit()), "")
             raise services.relay_failure(code, text)
-        ours_ended = self.our_speech_ended or since
+        ours_ended = self.started
         latency = max(0, int((began - ours_ended) * 1000))
         return Reply(_words(kind, text), latency_ms=latency)
 

@@ -46,6 +46,7 @@ class FakeOpenAI(AiohttpServer):
 
     def __init__(self, answer):
         self.requests: list[dict] = []
+        self.streamed_chunks = 0
 
         async def completions(request):
             body = await request.json()
@@ -60,6 +61,8 @@ class FakeOpenAI(AiohttpServer):
                      "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}
                     for i, call in enumerate(result.get("tool_calls", []))
                 ] or None}
+            if body.get("stream"):
+                return await self._stream(request, body, message)
             return web.json_response({
                 "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "fake"),
@@ -72,6 +75,30 @@ class FakeOpenAI(AiohttpServer):
         app.router.add_post("/v1/chat/completions", completions)
         super().__init__(app)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    async def _stream(self, request, body: dict, message: dict):
+        """Server-sent events as OpenAI streams them: the content a word at a time, then each
+        tool call whole, then the finish reason and ``[DONE]``."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model", "fake")}
+
+        async def chunk(delta: dict, finish: str | None = None):
+            payload = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+        await chunk({"role": "assistant", "content": ""})
+        words = (message.get("content") or "").split(" ")
+        for i, word in enumerate(w for w in words if w):
+            await chunk({"content": (" " if i else "") + word})
+            self.streamed_chunks += 1
+        for i, call in enumerate(message.get("tool_calls") or []):
+            await chunk({"tool_calls": [{"index": i, **call}]})
+        await chunk({}, "tool_calls" if message.get("tool_calls") else "stop")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
 
 class FakeWebsocketBot(AiohttpServer):

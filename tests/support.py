@@ -154,7 +154,7 @@ class DaphneServer:
     def __init__(self, *, redis_url: str, env: dict | None = None):
         import socket
 
-        self.port = free_port()
+        self.port = int((env or {}).get("PORT") or free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")}
         full_env.update({
@@ -162,6 +162,8 @@ class DaphneServer:
             "REDIS_URL": redis_url,
             "SECRET_KEY": os.environ.get("SECRET_KEY", "insecure-key-for-the-test-suite-only"),
             "PYTHONUNBUFFERED": "1",
+            # The loopback telephony calls this server back on its own port.
+            "PORT": str(self.port),
             **(env or {}),
         })
         self.log: list[str] = []
@@ -189,3 +191,11 @@ class DaphneServer:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """Kill the web process at once, as a crash or OOM would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
