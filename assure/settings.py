@@ -217,6 +217,9 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "runs.models.Run.Status",
         "ToolInvocationStatusEnum": "runs.models.ToolInvocation.Status",
         "SyncStatusEnum": "scenarios.models.CustomFunction.SyncStatus",
+        "CallStatusEnum": "telephony.models.Call.Status",
+        "PhoneNumberDirectionEnum": "telephony.models.PhoneNumber.Direction",
+        "DirectionEnum": "scenarios.models.Scenario.Direction",
     },
 }
 
@@ -230,8 +233,12 @@ TWILIO_API_URL = env_url("TWILIO_API_URL", schemes=("https", "http")) or "https:
 # Voice calls. Twilio calls back PUBLIC_BASE_URL (webhooks and the ConversationRelay websocket);
 # the loopback telephony, which runs on this machine, calls back this web server directly.
 PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
-LOOPBACK_CALLBACK_BASE_URL = PUBLIC_BASE_URL or f"http://127.0.0.1:{PORT}"
+LOOPBACK_CALLBACK_BASE_URL = (env_url("LOOPBACK_CALLBACK_BASE_URL", schemes=("http", "https")) or PUBLIC_BASE_URL
+                              or f"http://127.0.0.1:{PORT}")
 CALL_RING_SECONDS = env_int("CALL_RING_SECONDS", 30, minimum=5, maximum=120)
+# An outbound call neither answered nor reported failed by the provider this long after its ring
+# timeout ends as target_unreachable (the provider's final status callback normally comes first).
+CALL_ANSWER_GRACE_SECONDS = env_int("CALL_ANSWER_GRACE_SECONDS", 30, minimum=1, maximum=600)
 # The loopback telephony (telephony/loopback): a local Twilio emulator that `make up` starts,
 # reached through the same twilio SDK code as Twilio itself. Its credentials are derived from
 # SECRET_KEY, so every process of a deployment agrees on them without configuration.

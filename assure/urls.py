@@ -27,9 +27,12 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/workspace/", api.WorkspaceView.as_view(), name="api-workspace"),
     path("api/v1/", include("runs.urls")),
+    path("api/v1/", include("telephony.urls_api")),
     path("demo-target/chat/", demo_target.chat, name="demo-target-chat"),
     # Telephony provider webhooks (Twilio, loopback): telephony/urls.py.
     path("", include("telephony.urls")),
+    # Phone numbers page and run recordings: telephony/urls_pages.py.
+    path("", include("telephony.urls_pages")),
     # Run pages (scenario page, live run view, queue, results): runs/urls_pages.py.
     path("", include("runs.urls_pages")),
     # Authoring pages (agents, functions, targets, scenarios, paths): scenarios/urls.py.

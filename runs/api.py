@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -42,6 +45,29 @@ class RunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@dataclass(frozen=True)
+class RunDetailField:
+    """A field another app adds to ``GET /api/v1/runs/{id}/`` (telephony: the run's ``call``).
+
+    ``make_field`` returns a fresh read-only serializer field (a nested serializer, or a field
+    typed with ``extend_schema_field``), so drf-spectacular documents it like any other;
+    ``select_related`` names the relations it reads, joined into the detail query so the field
+    costs no query of its own."""
+
+    make_field: Callable[[], serializers.Field]
+    select_related: tuple[str, ...] = ()
+
+
+# Filled by the apps that extend a run (from their AppConfig.ready()); runs imports none of them.
+_DETAIL_FIELDS: dict[str, RunDetailField] = {}
+
+
+def register_run_detail_field(name: str, make_field: Callable[[], serializers.Field], *,
+                              select_related: tuple[str, ...] = ()) -> None:
+    """Add field ``name`` to the run detail. Registering a name again replaces it."""
+    _DETAIL_FIELDS[name] = RunDetailField(make_field=make_field, select_related=tuple(select_related))
+
+
 class RunDetailSerializer(RunSerializer):
     turns = TurnSerializer(many=True, read_only=True)
     tool_invocations = ToolInvocationSerializer(many=True, read_only=True)
@@ -51,6 +77,12 @@ class RunDetailSerializer(RunSerializer):
         fields = RunSerializer.Meta.fields + ["turns", "tool_invocations", "criteria"]
         read_only_fields = fields
 
+    def get_fields(self):
+        fields = super().get_fields()
+        for name, extra in _DETAIL_FIELDS.items():
+            fields[name] = extra.make_field()
+        return fields
+
 
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = RunSerializer
@@ -58,7 +90,8 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def get_queryset(self):
         workspace = request_workspace(self.request)
         if self.action == "retrieve":
-            return selectors.run_detail_queryset(workspace)
+            related = [name for extra in _DETAIL_FIELDS.values() for name in extra.select_related]
+            return selectors.run_detail_queryset(workspace).select_related(*related)
         runs = selectors.runs_for(workspace).order_by("-created_at")
         params = self.request.query_params
         status_filter = params.get("status")

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import uuid
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from assure.api_base import ModelCleanSerializer, WorkspaceScopedField, WorkspaceViewSet
-from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+from scenarios.models import Agent, Channel, CustomFunction, Path, Scenario, Target, loopback_number
 from scenarios import services
 
 
@@ -30,11 +32,30 @@ class FunctionSerializer(ModelCleanSerializer):
 
 
 class TargetSerializer(ModelCleanSerializer):
+    rehearse_with = WorkspaceScopedField(
+        queryset=Target.objects.all(), required=False, allow_null=True,
+        help_text="Rehearsal targets: the chat target (of this workspace) whose replies are spoken on a loopback call.")
+
     class Meta:
         model = Target
-        fields = ["id", "name", "channel", "kind", "url", "phone_number", "headers", "request_template",
-                  "response_path", "model", "created_at"]
-        extra_kwargs = {"headers": {"write_only": True}}
+        fields = ["id", "name", "channel", "kind", "url", "phone_number", "rehearse_with", "dial_in_delay_seconds",
+                  "headers", "request_template", "response_path", "model", "created_at"]
+        extra_kwargs = {
+            "headers": {"write_only": True},
+            "phone_number": {"help_text": "E.164. Demo and rehearsal voice targets are assigned a fictional loopback "
+                                          "number: what is sent for them is replaced."},
+        }
+
+    def validate(self, attrs):
+        if self.instance is None:
+            # A rehearsal target's number derives from its id: fix the id now, so the number
+            # Target.clean() assigns is the one the saved target answers on.
+            attrs["id"] = uuid.uuid4()
+        attrs = super().validate(attrs)
+        current = {name: attrs.get(name, getattr(self.instance, name, None)) for name in ("id", "channel", "kind")}
+        if current["channel"] == Channel.VOICE and current["kind"] in Target.LOOPBACK_KINDS:
+            attrs["phone_number"] = loopback_number(Target(**current))
+        return attrs
 
 
 class ScenarioSerializer(ModelCleanSerializer):

@@ -12,6 +12,7 @@ import json
 
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.utils.html import format_html
 
 from assure.admin_scoping import SecretFieldsForm
 from assure.tenancy import scoped
@@ -84,6 +85,8 @@ class WorkspaceModelForm(forms.ModelForm):
     """
 
     parent_fields: tuple[str, ...] = ()
+    # The field a uniqueness clash is shown on, and the words for it.
+    clash_field = "name"
     duplicate_name_message = "That name is already used in this workspace."
 
     def __init__(self, *args, workspace, **kwargs):
@@ -112,13 +115,13 @@ class WorkspaceModelForm(forms.ModelForm):
         # A (workspace, name) clash comes back as a non-field error worded for developers
         # ("Agent with this Workspace and Name already exists."); show it on the name instead.
         errors = self._errors.get(NON_FIELD_ERRORS)
-        if errors and "name" in self.fields:
+        if errors and self.clash_field in self.fields:
             clash_codes = ("unique", "unique_together")
             if any(error.code in clash_codes for error in errors.as_data()):
                 errors.data = [error for error in errors.as_data() if error.code not in clash_codes]
                 if not errors:
                     del self._errors[NON_FIELD_ERRORS]
-                self.add_error("name", self.duplicate_name_message)
+                self.add_error(self.clash_field, self.duplicate_name_message)
 
 
 def show_when(form: forms.Form, field_name: str, condition: str) -> None:
@@ -138,7 +141,11 @@ class AgentForm(SecretFieldsForm, WorkspaceModelForm):
     outbound_numbers = LinesListField(
         required=False,
         label="Outbound numbers",
-        help_text="E.164 numbers this agent may dial from, one per line, e.g. +14155550123.",
+        # By path: the page belongs to telephony/, which scenarios does not import.
+        help_text=format_html(
+            "E.164 numbers this agent may dial from, one per line, e.g. +14155550123. Register them first on the "
+            '<a href="{}">Phone numbers</a> page; blank dials from any outbound number of the workspace.',
+            "/phone-numbers/"),
     )
 
     class Meta:
@@ -187,9 +194,25 @@ class TargetForm(WorkspaceModelForm):
         Target.Kind.WEBSOCKET: ("url", "headers"),
         Target.Kind.PHONE: ("phone_number",),
         Target.Kind.DEMO: (),
+        Target.Kind.REHEARSAL: ("rehearse_with",),
     }
-    KIND_FIELDS = ("url", "phone_number", "headers", "request_template", "response_path", "model")
+    KIND_FIELDS = ("url", "phone_number", "headers", "request_template", "response_path", "model", "rehearse_with")
+    BLANK_VALUES = {"headers": {}, "request_template": {}, "rehearse_with": None}
+    # Voice targets of these kinds answer inside the loopback telephony, on a number it assigns.
+    LOOPBACK_SHOW_WHEN = "channel=voice;kind=" + ",".join(Target.LOOPBACK_KINDS)
     duplicate_name_message = "A target with this name already exists in this workspace."
+    field_order = ["name", "channel", "kind", "assigned_number", "url", "phone_number", "rehearse_with",
+                   "dial_in_delay_seconds"]
+
+    # Shown, never posted: demo and rehearsal voice targets get their number from Target.clean().
+    assigned_number = forms.CharField(
+        required=False, disabled=True, label="Phone number",
+        help_text="Assigned by AssureAgent: demo and rehearsal voice targets answer on a fictional number of the "
+                  "offline loopback telephony.")
+    rehearse_with = forms.ModelChoiceField(
+        queryset=Target.objects.filter(channel=Channel.CHAT), required=False, label="Rehearse with",
+        help_text="The chat target whose replies this target speaks on a loopback call: rehearse a voice scenario "
+                  "against your chat bot before it has a phone line.")
 
     # Headers carry credentials: never rendered back, so a plain text field rather than a
     # JSONField (which would print the stored value). Blank keeps what is stored.
@@ -208,13 +231,16 @@ class TargetForm(WorkspaceModelForm):
 
     class Meta:
         model = Target
-        fields = ["name", "channel", "kind", "url", "phone_number", "headers", "request_template",
-                  "response_path", "model"]
-        labels = {"url": "URL", "response_path": "Response path (JSONPath)"}
+        fields = ["name", "channel", "kind", "url", "phone_number", "rehearse_with", "dial_in_delay_seconds",
+                  "headers", "request_template", "response_path", "model"]
+        labels = {"url": "URL", "response_path": "Response path (JSONPath)",
+                  "dial_in_delay_seconds": "Dial-in delay (seconds)"}
         help_texts = {
             "url": "http(s):// for openai_chat and http_json, ws(s):// for websocket.",
             "phone_number": "E.164, e.g. +14155550123.",
             "response_path": "Where the reply text is in the response body, e.g. $.data.messages[0].text.",
+            "dial_in_delay_seconds": "In inbound scenarios this target dials the armed number after this many "
+                                     "seconds, as your system would.",
         }
 
     def __init__(self, *args, **kwargs):
@@ -227,6 +253,17 @@ class TargetForm(WorkspaceModelForm):
         for name in self.KIND_FIELDS:
             kinds = [kind for kind, used in self.FIELDS_BY_KIND.items() if name in used]
             show_when(self, name, "kind=" + ",".join(kinds))
+        # Only chat targets of this workspace (WorkspaceModelForm scoped the queryset), never itself.
+        self.fields["rehearse_with"].queryset = self.fields["rehearse_with"].queryset.exclude(pk=self.instance.pk)
+        show_when(self, "rehearse_with", "channel=voice;kind=rehearsal")
+        self.fields["dial_in_delay_seconds"].required = False
+        show_when(self, "dial_in_delay_seconds", self.LOOPBACK_SHOW_WHEN)
+        show_when(self, "assigned_number", self.LOOPBACK_SHOW_WHEN)
+        stored = not self.instance._state.adding
+        if stored and self.instance.channel == Channel.VOICE and self.instance.kind in Target.LOOPBACK_KINDS:
+            self.initial["assigned_number"] = self.instance.phone_number
+        else:
+            self.fields["assigned_number"].widget.attrs["placeholder"] = "assigned when you save"
 
     def clean_headers(self):
         text = self.cleaned_data["headers"].strip()
@@ -240,13 +277,18 @@ class TargetForm(WorkspaceModelForm):
         validators.validate_headers(headers)
         return headers
 
+    def clean_dial_in_delay_seconds(self):
+        # Optional in the form (most targets never dial in): blank keeps what the target has.
+        value = self.cleaned_data.get("dial_in_delay_seconds")
+        return self.instance.dial_in_delay_seconds if value is None else value
+
     def clean(self):
         cleaned = super().clean()
         used = self.FIELDS_BY_KIND.get(cleaned.get("kind"))
         if used is not None:
             for name in self.KIND_FIELDS:
                 if name not in used and name in cleaned:
-                    cleaned[name] = {} if name in ("headers", "request_template") else ""
+                    cleaned[name] = self.BLANK_VALUES.get(name, "")
         return cleaned
 
 

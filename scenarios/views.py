@@ -349,7 +349,7 @@ class TargetList(ScopedMixin, generic.ListView):
     context_object_name = "targets"
 
     def get_queryset(self):
-        return super().get_queryset().annotate(scenario_count=Count("scenarios"))
+        return super().get_queryset().select_related("rehearse_with").annotate(scenario_count=Count("scenarios"))
 
 
 class TargetFormMixin(FormPageMixin):

@@ -16,8 +16,10 @@ import uuid
 
 import aiohttp
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db import transaction
 from django.utils import timezone
 
+from runs import dispatch
 from runs.execution import attach, converse_attached
 from runs.holder import holder_for_this_loop
 from runs.live import publish_from_loop
@@ -108,11 +110,17 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     async def _converse(self, prepared, recorder) -> None:
         connection = self.connection
-        try:
-            await converse_attached(prepared, connection, http=_http(), recorder=recorder)
-        finally:
-            await db(_call_finished, prepared.run_id, hung_up_by="caller" if connection.we_ended else "target",
-                     events=connection.events)
+
+        async def session_ended(finished: bool):
+            # Whoever closed the session first hung up. When we closed it, it was our caller's
+            # end_call only if the conversation finished; otherwise AssureAgent cut it short.
+            if not connection.we_ended:
+                hung_up_by = Call.HungUpBy.TARGET
+            else:
+                hung_up_by = Call.HungUpBy.CALLER if finished else Call.HungUpBy.PLATFORM
+            await db(_call_finished, prepared.run_id, hung_up_by=hung_up_by, events=connection.events)
+
+        await converse_attached(prepared, connection, http=_http(), recorder=recorder, on_ended=session_ended)
 
     async def _refuse(self, why: str) -> None:
         logger.warning("relay session ended at once: %s", why)
@@ -135,8 +143,10 @@ def _call_connected(run_id, *, sid: str) -> None:
                                                    Call.Status.PLACING]).update(status=Call.Status.IN_PROGRESS)
     if sid:
         Call.objects.filter(run_id=run_id, sid__isnull=True).update(sid=sid)
+    transaction.on_commit(lambda: dispatch.publish_run_changed(run_id))
 
 
 def _call_finished(run_id, *, hung_up_by: str, events: list[dict]) -> None:
     Call.objects.filter(run_id=run_id, hung_up_by="").update(hung_up_by=hung_up_by)
     Call.objects.filter(run_id=run_id).update(relay_events=events)
+    transaction.on_commit(lambda: dispatch.publish_run_changed(run_id))

@@ -12,24 +12,27 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from runs import dispatch
 from runs import services as run_services
 from runs.failures import CallerVoiceUnavailable, PlatformError, RunFailure, TargetUnreachableFailure
 from runs.models import Run
 from scenarios.models import Target
 from telephony.models import FINAL_CALL_STATUSES, Call, PhoneNumber, Provider
 from telephony.providers import TelephonyError, provider_for
+from telephony.selectors import NUMBER_NOT_HELD, holding_run, number_registered
 
 logger = logging.getLogger(__name__)
 
-# A call that is neither answered nor reported failed this long after its ring timeout ends.
-ANSWER_GRACE_SECONDS = 30
 # Fictional loopback numbers that answer as a busy line, no answer, and a failed call.
 LOOPBACK_DEFAULT_CALLER_ID = "+15550150"
 
+# Status-callback words that name a Call.Status differently.
+CALLBACK_STATUS_ALIASES = {"initiated": Call.Status.QUEUED.value}
 # Twilio's words for each way a call can fail before it is answered.
 UNANSWERED = {
     "busy": "The target's line was busy",
@@ -105,7 +108,8 @@ def call_placement_failed(*, call_id, error: TelephonyError) -> RunFailure:
 def attach_deadline(*, direction: str, window_seconds: int, ring_seconds: int):
     if direction == "inbound":
         return timezone.now() + timedelta(seconds=window_seconds)
-    return timezone.now() + timedelta(seconds=ring_seconds + ANSWER_GRACE_SECONDS)
+    # Past ring + grace with no final status callback, the sweep ends the run (CALL_ANSWER_GRACE_SECONDS).
+    return timezone.now() + timedelta(seconds=ring_seconds + settings.CALL_ANSWER_GRACE_SECONDS)
 
 
 # Inbound ---------------------------------------------------------------------------------------
@@ -185,6 +189,10 @@ def call_status_update(*, run_id, sid: str, status: str, sequence: int | None, s
     """A status callback: recorded once, applied only if newer than what we have; an unanswered
     end fails a run still waiting for its call as ``target_unreachable``. Without a run id (a
     number's own status callback, configured at the provider) the call is found by its sid."""
+    # Twilio reports its ``initiated`` event as CallStatus=initiated, a word its call resource (and
+    # our Call.Status) does not have: the call is still queued at its end. Dropped as unknown, it
+    # left that sequence number missing from the call's history.
+    status = CALLBACK_STATUS_ALIASES.get(status, status)
     if status not in Call.Status.values:
         return
     if run_id is None:
@@ -211,6 +219,7 @@ def call_status_update(*, run_id, sid: str, status: str, sequence: int | None, s
         if status in FINAL_CALL_STATUSES and call.ended_at is None:
             call.ended_at, fields = timezone.now(), [*fields, "ended_at"]
         call.save(update_fields=fields)
+        _publish_call_changed(run_id)
     if status in UNANSWERED:
         words = f"{UNANSWERED[status]}{f' (SIP {sip})' if sip else ''}."
         _fail_waiting(run_id, TargetUnreachableFailure(f"{words} Check the target's phone number and that it is "
@@ -219,6 +228,11 @@ def call_status_update(*, run_id, sid: str, status: str, sequence: int | None, s
         _fail_waiting(run_id, PlatformError(
             "The call ended before its conversation connected to AssureAgent. Check that PUBLIC_BASE_URL reaches this "
             "server's websocket (wss://…/ws/telephony/…/relay/). Safe to retry."))
+
+
+def _publish_call_changed(run_id) -> None:
+    """The run page shows its call: re-render it once the change is committed."""
+    transaction.on_commit(lambda: dispatch.publish_run_changed(str(run_id)))
 
 
 def _fail_waiting(run_id, failure: RunFailure) -> None:
@@ -237,6 +251,7 @@ def relay_session_ended(*, run_id, status: str, error_code: str, handoff: str = 
     Call.objects.filter(run_id=run_id, ended_at__isnull=True).update(ended_at=timezone.now())
     Call.objects.filter(run_id=run_id, status__in=[Call.Status.IN_PROGRESS, Call.Status.RINGING]).update(
         status=Call.Status.COMPLETED)
+    _publish_call_changed(run_id)
     if status != "failed":
         return
     failure = relay_failure(error_code, "")
@@ -273,7 +288,8 @@ def recording_download(*, call_id, url: str) -> None:
     audio = provider_for(call.provider).download_recording(url)
     name = f"{call.run_id}.wav"
     call.recording.save(name, ContentFile(audio), save=False)
-    Call.objects.filter(pk=call_id, recording="").update(recording=call.recording.name)
+    if Call.objects.filter(pk=call_id, recording="").update(recording=call.recording.name):
+        _publish_call_changed(call.run_id)  # "being processed" becomes the audio player
 
 
 def call_hang_up(*, run_id) -> None:
@@ -285,6 +301,7 @@ def call_hang_up(*, run_id) -> None:
     if not call.sid:
         Call.objects.filter(pk=call.pk, sid__isnull=True).update(status=Call.Status.CANCELED, ended_at=timezone.now(),
                                                                  hung_up_by=Call.HungUpBy.PLATFORM)
+        _publish_call_changed(run_id)
         return
     Call.objects.filter(pk=call.pk, hung_up_by="").update(hung_up_by=Call.HungUpBy.PLATFORM)
     answered = call.status == Call.Status.IN_PROGRESS or Run.objects.filter(pk=run_id, attached_at__isnull=False).exists()
@@ -292,3 +309,78 @@ def call_hang_up(*, run_id) -> None:
         provider_for(call.provider).hang_up(call.sid, answered=answered)
     except TelephonyError as exc:
         logger.warning("could not hang up call %s of run %s: %s", call.sid, run_id, exc)
+
+
+# Phone numbers (the Phone numbers page and the API) ---------------------------------------------
+
+# What a person may change on a number; the reservation belongs to the inbound runs that take and
+# release it, and is never written from a form.
+NUMBER_EDITABLE_FIELDS = ("number", "direction", "provider", "provider_sid", "label")
+# What an armed run relies on: the call it waits for arrives on this number, at this provider.
+NUMBER_IDENTITY_FIELDS = ("number", "provider", "direction")
+NUMBER_TAKEN_MESSAGE = "This number is already registered."
+
+
+class NumberTaken(Exception):
+    """The (provider, number) is registered already, in this workspace or another (not said which)."""
+
+    def __init__(self):
+        super().__init__(NUMBER_TAKEN_MESSAGE)
+
+
+class NumberHeld(Exception):
+    """An armed run reserves the number: it cannot be deleted, nor its identity changed, until it ends."""
+
+    def __init__(self, *, run: Run | None, doing: str):
+        self.run = run
+        super().__init__(
+            f"An armed run ({run.pk if run else 'unknown'}) has reserved this number and waits for a call on it, "
+            f"so it cannot be {doing} now. Cancel that run or wait for it to end, then try again.")
+
+
+def phone_number_save(*, phone_number: PhoneNumber) -> PhoneNumber:
+    """Create or update a (validated) number.
+
+    Steps: a new number is inserted; a clash with any workspace's number of the same provider
+    raises ``NumberTaken``, also when it loses a race to the unique constraint. An existing number
+    is written with one conditional update of its editable fields only (never the reservation an
+    inbound run may have taken meanwhile); when its number, provider or direction change, the
+    update holds only while no armed run reserves it, else ``NumberHeld``.
+    """
+    if phone_number._state.adding:
+        if number_registered(provider=phone_number.provider, number=phone_number.number):
+            raise NumberTaken()
+        try:
+            with transaction.atomic():
+                phone_number.save(force_insert=True)
+        except IntegrityError:
+            raise NumberTaken() from None
+        return phone_number
+    values = {name: getattr(phone_number, name) for name in NUMBER_EDITABLE_FIELDS}
+    stored = PhoneNumber.objects.filter(pk=phone_number.pk).values(*NUMBER_IDENTITY_FIELDS).first()
+    if stored is None:
+        raise PhoneNumber.DoesNotExist("The number was deleted meanwhile.")
+    identity_changed = any(stored[name] != values[name] for name in NUMBER_IDENTITY_FIELDS)
+    if identity_changed and number_registered(provider=values["provider"], number=values["number"],
+                                              exclude_pk=phone_number.pk):
+        raise NumberTaken()
+    rows = PhoneNumber.objects.filter(pk=phone_number.pk)
+    if identity_changed:
+        rows = rows.filter(NUMBER_NOT_HELD)
+    try:
+        with transaction.atomic():
+            updated = rows.update(**values)
+    except IntegrityError:
+        raise NumberTaken() from None
+    if not updated:
+        raise NumberHeld(run=holding_run(PhoneNumber.objects.get(pk=phone_number.pk)), doing="changed")
+    return phone_number
+
+
+def phone_number_delete(*, phone_number: PhoneNumber) -> None:
+    """Delete a number unless an armed run reserves it (``NumberHeld``); one conditional delete."""
+    deleted, _ = PhoneNumber.objects.filter(pk=phone_number.pk).filter(NUMBER_NOT_HELD).delete()
+    if not deleted:
+        current = PhoneNumber.objects.filter(pk=phone_number.pk).first()
+        if current is not None:
+            raise NumberHeld(run=holding_run(current), doing="deleted")

@@ -156,7 +156,7 @@ def test_layout_has_the_navigation_marking_the_current_section(member_client, wo
     page = text_of(member_client.get(f"/functions/{o['function'].pk}/edit/"))
     nav = re.search(r'<nav class="sidenav".*?</nav>', page, re.S).group(0)
     labels = re.findall(r">([^<>]+)</a>", nav)
-    assert labels == ["Scenarios", "Queue", "Test results", "Agents", "Targets", "Admin", "API docs"]
+    assert labels == ["Scenarios", "Queue", "Test results", "Agents", "Phone numbers", "Targets", "Admin", "API docs"]
     assert re.findall(r'href="([^"]+)" aria-current="page"', nav) == ["/agents/"]
     nav = re.search(r'<nav class="sidenav".*?</nav>', text_of(member_client.get(f"/paths/{o['path'].pk}/edit/")), re.S).group(0)
     assert re.findall(r'href="([^"]+)" aria-current="page"', nav) == ["/scenarios/"]
