@@ -291,14 +291,18 @@ async def attach(run_id, *, holder: str) -> PreparedRun | None:
 async def converse_attached(prepared: PreparedRun, connection: TargetConnection, *, http,
                             recorder: DbRecorder | None = None, on_ended=None) -> None:
     """The attached conversation to its end, then finalize; failures end the run as ``failed``.
-    ``on_ended`` (a coroutine function) records how the session ended before the run can finish."""
+    ``on_ended(finished)`` (a coroutine function) records how the session ended before the run can
+    finish; ``finished`` is False when the platform cut the conversation short (the cap, a cancel,
+    a failure), so a call it hangs up is not put down to our caller."""
 
     async def steps():
+        finished = False
         try:
             outcome = await converse(prepared, connection, http=http, recorder=recorder)
+            finished = True
         finally:
             if on_ended is not None:
-                await on_ended()
+                await on_ended(finished)
         await finalize(prepared, outcome)
 
     await guarded(prepared.run_id, steps())

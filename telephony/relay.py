@@ -184,7 +184,7 @@ class RelayConnection(TargetConnection):
         if kind == "error":
             code = next((c for c in text.replace(")", " ").replace("(", " ").split() if c.isdigit()), "")
             raise services.relay_failure(code, text)
-        ours_ended = self.started
+        ours_ended = self.our_speech_ended or since
         latency = max(0, int((began - ours_ended) * 1000))
         return Reply(_words(kind, text), latency_ms=latency)
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import aiohttp
@@ -23,15 +22,31 @@ BUSY_NUMBER = "+15550190"
 NO_ANSWER_NUMBER = "+15550191"
 FAILING_NUMBER = "+15550192"
 
-_sessions: dict[int, aiohttp.ClientSession] = {}
+class _RehearsalConnection:
+    """A chat target's connection with an HTTP session of its own, closed with it: a rehearsal
+    call is short-lived, and nothing is left open when the loopback telephony stops."""
 
+    def __init__(self, spec: dict, secrets: dict):
+        from runs.connectors import ConnectionContext, connection_for
 
-def _http() -> aiohttp.ClientSession:
-    loop_id = id(asyncio.get_running_loop())
-    session = _sessions.get(loop_id)
-    if session is None or session.closed:
-        session = _sessions[loop_id] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    return session
+        self.http = aiohttp.ClientSession()
+        self.connection = connection_for(spec, ConnectionContext(session_id=str(uuid.uuid4()), http=self.http,
+                                                                 secrets=secrets))
+
+    async def open(self):
+        return await self.connection.open()
+
+    async def send(self, text: str):
+        return await self.connection.send(text)
+
+    async def press(self, digits: str):
+        return await self.connection.press(digits)
+
+    async def close(self) -> None:
+        try:
+            await self.connection.close()
+        finally:
+            await self.http.close()
 
 
 def resolve(far_end_number: str, our_number: str) -> Destination:
@@ -53,10 +68,4 @@ def resolve(far_end_number: str, our_number: str) -> Destination:
     spec = {"id": str(chat.pk), "name": chat.name, "channel": chat.channel, "kind": chat.kind, "url": chat.url,
             "request_template": chat.request_template, "response_path": chat.response_path, "model": chat.model}
     secrets = dict(chat.headers or {})
-
-    def chat_connection():
-        from runs.connectors import ConnectionContext, connection_for
-
-        return connection_for(spec, ConnectionContext(session_id=str(uuid.uuid4()), http=_http(), secrets=secrets))
-
-    return Destination("answer", far_end=lambda: ChatRehearsal(chat_connection))
+    return Destination("answer", far_end=lambda: ChatRehearsal(lambda: _RehearsalConnection(spec, secrets)))

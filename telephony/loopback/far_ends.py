@@ -118,7 +118,7 @@ class DemoReceptionist(FarEnd):
 
     def _answer(self, text: str) -> list[Action]:
         if not self.greeted:
-            return self._greet()
+            return [Wait(self.THINK_SECONDS), *self._greet()]
         reply = demo_reply(text)
         actions: list[Action] = [Wait(self.THINK_SECONDS), Say(reply["reply"])]
         if reply.get("end"):
