@@ -51,6 +51,8 @@ class CeleryWorker:
             "RUN_HEARTBEAT_SECONDS": "1",
             "RUN_HEARTBEAT_TIMEOUT_SECONDS": "4",
             "RUN_SWEEP_SECONDS": "1",
+            # Our fakes listen on 127.0.0.1; a test passes EGRESS_ALLOW="" to see the policy refuse.
+            "EGRESS_ALLOW": os.environ.get("EGRESS_ALLOW", "loopback,private"),
             **(env or {}),
         })
         self.log: list[str] = []
@@ -78,6 +80,7 @@ class CeleryWorker:
         except ProcessLookupError:
             pass
         self.process.wait(10)
+        wait_for_group_gone(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -86,6 +89,33 @@ class CeleryWorker:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        wait_for_group_gone(self.process.pid)
+
+
+def wait_for_group_gone(pgid: int, timeout: float = 10) -> None:
+    """Wait until every process of the group has exited (pool children, daphne's workers): one
+    still holding a database session would stop the test database from being dropped."""
+    deadline = time.monotonic() + timeout
+    while _live_members(pgid):
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        time.sleep(0.05)
+
+
+def _live_members(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies, already exited, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 class FakeTarget:
@@ -164,6 +194,7 @@ class DaphneServer:
             "PYTHONUNBUFFERED": "1",
             # The loopback telephony calls this server back on its own port.
             "PORT": str(self.port),
+            "EGRESS_ALLOW": os.environ.get("EGRESS_ALLOW", "loopback,private"),
             **(env or {}),
         })
         self.log: list[str] = []
@@ -191,6 +222,7 @@ class DaphneServer:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+        wait_for_group_gone(self.process.pid)
 
     def kill(self) -> None:
         """Kill the web process at once, as a crash or OOM would."""
@@ -199,3 +231,4 @@ class DaphneServer:
         except ProcessLookupError:
             pass
         self.process.wait(10)
+        wait_for_group_gone(self.process.pid)

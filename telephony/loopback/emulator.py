@@ -290,7 +290,11 @@ class LoopbackTwilio:
             self._runner = None
 
     async def _on_startup(self, app: web.Application) -> None:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        # No cap on connections: every live call holds one for its websocket and its webhooks need
+        # more. With aiohttp's default cap of 100, the 101st connection waited for a call to end, so
+        # at 100 simultaneous calls webhooks went unanswered for 15 s (bench/README.md, Voice).
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         self._webhooks = WebhookClient(session=self._http, auth_token=self._auth_token)
 
     async def _on_shutdown(self, app: web.Application) -> None:

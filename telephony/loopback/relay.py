@@ -62,6 +62,8 @@ from telephony.loopback.twiml import RelaySettings, interrupt_mode, voice_proble
 
 log = logging.getLogger(__name__)
 
+MIN_SILENCE_SECONDS = 1.5
+
 WORD_SECONDS = 0.33
 MIN_UTTERANCE_SECONDS = 0.4
 FIRST_AUDIO_SECONDS = 0.15
@@ -645,7 +647,9 @@ class RelaySession:
         )
 
     async def _watch_silence(self) -> None:
-        silence = self._scaled(self.far_end.silence_seconds)
+        # Silence is not sped up below a second and a half: at a small speech scale, a few
+        # milliseconds of scheduling delay on our side would otherwise count as a silent caller.
+        silence = max(self._scaled(self.far_end.silence_seconds), MIN_SILENCE_SECONDS)
         while True:
             self._activity.clear()
             remaining = self._last_activity + silence - time.monotonic()
