@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/python manage.py up
 
-# A fixed key only for the test run: settings demand SECRET_KEY whenever DATABASE_URL is set.
+# Fixed keys only for the test run: settings demand SECRET_KEY and ASSURE_SECRET_KEYS whenever
+# DATABASE_URL is set.
+# The tests' fakes listen on 127.0.0.1, which a deployment's egress policy refuses by default.
 test: $(STAMP)
-	SECRET_KEY="$${SECRET_KEY:-insecure-key-for-the-test-suite-only}" $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	SECRET_KEY="$${SECRET_KEY:-insecure-key-for-the-test-suite-only}" \
+	ASSURE_SECRET_KEYS="$${ASSURE_SECRET_KEYS:-aW5zZWN1cmUtdGVzdC1zdWl0ZS1vbmx5LWtleS0wMDA=}" \
+	EGRESS_ALLOW="$${EGRESS_ALLOW-loopback,private}" $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from tests.factories import MembershipFactory, UserFactory, WorkspaceFactory
@@ -27,12 +29,21 @@ def member_client(client, member):
     return client
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_secret_keys():
+    """Workers and daphne started by tests run with DATABASE_URL set, so they need ASSURE_SECRET_KEYS:
+    the keys of this process (the Makefile's, or the embedded default's var/secret_keys), or they
+    could not read the secrets it writes."""
+    from django.conf import settings
+
+    os.environ.setdefault("ASSURE_SECRET_KEYS", ",".join(settings.ASSURE_SECRET_KEYS))
+
+
 # Redis for the test session ----------------------------------------------------------------------
 # Each test process gets its own Redis: on the embedded default a private embedded server, against
 # a real Redis its own database number, so parallel test processes (and a `make up` running from
 # the same checkout) never share a queue.
 
-import os  # noqa: E402
 from urllib.parse import urlsplit, urlunsplit  # noqa: E402
 
 

@@ -6,6 +6,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "assure.settings")
 # Django must be set up before anything imports models (consumers, routing).
 django_asgi_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+# Django's rule under ASGI: no persistent database connections. Each HTTP request (a provider's
+# webhook) runs its view in a thread of its own, so a connection kept open is never reused and stays
+# open until it is garbage-collected: 100 calls' webhooks took all of PostgreSQL's 100 connections
+# and failed with HTTP 500 (bench/README.md, Voice). Workers keep theirs.
+for database in settings.DATABASES.values():
+    database["CONN_MAX_AGE"] = 0
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -105,6 +106,34 @@ def env_url(
     if parts.scheme not in ("unix", "redis+socket", "sqlite") and not parts.hostname:
         raise ImproperlyConfigured(f"{name} has no host name: {value!r}")
     return value
+
+
+GENERATE_FERNET_KEY = 'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+
+
+def fernet_keys(value: str, *, source: str) -> list[str]:
+    """Comma-separated Fernet keys, in order; ``source`` names where they came from in the error.
+
+    The message never repeats a key: it is a secret, and start-up errors end up in logs.
+    """
+    keys = [item.strip() for item in value.split(",") if item.strip()]
+    if not keys:
+        raise ImproperlyConfigured(f"{source} holds no key. Generate one with `{GENERATE_FERNET_KEY}`.")
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{source}: key {position} of {len(keys)} is not a Fernet key (32 url-safe base64-encoded "
+                f"bytes). Generate one with `{GENERATE_FERNET_KEY}`."
+            ) from None
+    return keys
+
+
+def env_fernet_keys(name: str, *, environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The Fernet keys in ``name`` (comma-separated, the first one encrypts), or None when unset."""
+    value = env_str(name, environ=environ)
+    return None if value is None else fernet_keys(value, source=name)
 
 
 def database_config(url: str | None, *, sqlite_path: str) -> dict:

@@ -7,6 +7,8 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from assure.secrets import EncryptedTextField
+
 
 class WorkspaceQuerySet(models.QuerySet):
     """Every tenant-owned model's queryset: ``Model.objects.for_workspace(ws)``.
@@ -75,7 +77,7 @@ class Workspace(models.Model):
     webhook_url = models.URLField(
         blank=True, help_text="Receives a signed JSON POST when a run completes."
     )
-    webhook_secret = models.CharField(max_length=128, blank=True)
+    webhook_secret = EncryptedTextField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = WorkspaceQuerySet.as_manager()

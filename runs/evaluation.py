@@ -7,10 +7,13 @@ criterion → failed; otherwise any error → inconclusive; otherwise passed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 from dataclasses import dataclass, field
+
+from assure import egress
 
 
 @dataclass
@@ -115,6 +118,9 @@ Tool invocations:
 {tools}"""
 
 
+JUDGE_TIMEOUT_SECONDS = 60.0
+
+
 async def judge(criterion: dict, *, turns: list[dict], tools: list[dict], llm: dict) -> Result:
     """An ``llm_judge`` criterion, asked of an OpenAI-compatible endpoint."""
     import openai
@@ -127,15 +133,20 @@ async def judge(criterion: dict, *, turns: list[dict], tools: list[dict], llm: d
     transcript = "\n".join(f"{t['seq']}. {t['speaker']}: {t['text']}" for t in turns) or "(no turns)"
     tool_lines = "\n".join(f"- {c['name']} {json.dumps(c['arguments'])}" for c in tools) or "(none)"
     client = openai.AsyncOpenAI(base_url=llm["base_url"], api_key=llm.get("api_key") or "not-needed",
-                                timeout=60, max_retries=1)
+                                timeout=JUDGE_TIMEOUT_SECONDS, max_retries=1,
+                                http_client=egress.async_http_client(timeout=JUDGE_TIMEOUT_SECONDS))
     try:
-        completion = await client.chat.completions.create(
+        # httpx's timeout is per read; the deadline bounds the whole answer (a slow drip).
+        completion = await asyncio.wait_for(client.chat.completions.create(
             model=llm["model"], temperature=0, seed=7,
             messages=[{"role": "user", "content": JUDGE_PROMPT.format(rule=criterion["rule"], transcript=transcript, tools=tool_lines)}],
-        )
+        ), 2 * JUDGE_TIMEOUT_SECONDS)
         content = completion.choices[0].message.content or ""
+    except asyncio.TimeoutError:
+        return Result(name, kind, "error", f"The LLM judge did not answer within {2 * JUDGE_TIMEOUT_SECONDS:.0f}s.")
     except openai.OpenAIError as exc:
-        return Result(name, kind, "error", f"The LLM judge could not be reached: {exc}")
+        refusal = egress.refusal_in(exc)
+        return Result(name, kind, "error", f"The LLM judge could not be reached: {refusal or exc}")
     finally:
         await client.close()
     match = re.search(r"\{.*\}", content, re.S)

@@ -17,6 +17,7 @@ place that turns it into the run's ``failed`` transition.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from runs.failures import DurationCapReached, PlatformError, RunFailure, TargetU
 from runs.llm_caller import CallerError, Function, LLMCaller
 from runs.models import CriterionResult, Run, ToolInvocation, Turn
 from runs.recorder import DbRecorder, db
+from scenarios.models import Target, url_origin
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +128,22 @@ def compose_persona(snapshot: dict) -> str:
     return "\n\n".join(p.strip() for p in parts if p and p.strip())
 
 
+TARGET_CHANGED = ("The target's URL or secret headers changed after this run was queued; retry it to use the "
+                  "current target.")
+
+
+def secrets_belong_to_snapshot(snapshot_target: dict, live_target: Target) -> bool:
+    """Whether the live target's headers are the ones, for the same host, the run was queued with."""
+    queued = snapshot_target.get("secrets_fingerprint")
+    if queued is None:
+        # Queued before runs recorded a fingerprint: only the host can be compared.
+        return url_origin(snapshot_target.get("url") or "") == url_origin(live_target.url)
+    return hmac.compare_digest(queued, live_target.secrets_fingerprint())
+
+
 def load_prepared(run_id) -> PreparedRun | None:
-    """The run with its live secrets and functions; raises ``ToolSyncPending`` for unsynced functions."""
+    """The run with its live secrets and functions; raises ``ToolSyncPending`` for unsynced functions and
+    ``PlatformError`` when the target's host or headers changed since the run was queued."""
     # .order_by(): no default ordering to compile on this hot path.
     run = Run.objects.select_related("scenario__agent", "scenario__target").filter(pk=run_id).order_by().first()
     if run is None:
@@ -145,18 +161,31 @@ def load_prepared(run_id) -> PreparedRun | None:
     if unsynced:
         raise ToolSyncPending(f"These custom functions of the agent have not synced: {', '.join(unsynced)}. Check "
                               "the Functions panel banner; click Retry if it's red.")
+    if live_target is not None and not secrets_belong_to_snapshot(run.snapshot["target"], live_target):
+        # The run talks to the snapshotted URL: the live headers belong to another host, or are not
+        # the ones queued with it. Sending them would be sending credentials where nobody chose to.
+        raise PlatformError(TARGET_CHANGED)
     return PreparedRun(
         run_id=str(run.pk),
         snapshot=run.snapshot,
         persona=run.persona or compose_persona(run.snapshot),
         secrets=dict(live_target.headers) if live_target else {},
         functions=functions,
-        llm={
-            "base_url": (agent.llm_base_url if agent and agent.llm_base_url else settings.LLM_BASE_URL),
-            "api_key": (agent.llm_api_key if agent and agent.llm_api_key else settings.LLM_API_KEY),
-            "model": (agent.llm_model if agent and agent.llm_model else settings.LLM_MODEL),
-        },
+        llm=llm_settings(agent),
     )
+
+
+def llm_settings(agent) -> dict:
+    """The LLM endpoint of the caller and the judge. The server's key goes only to the server's
+    endpoint: an agent with its own endpoint uses its own key, or none (never the operator's)."""
+    own_base_url = agent.llm_base_url if agent is not None else ""
+    own_key = agent.llm_api_key if agent is not None else ""
+    if own_base_url and own_base_url.rstrip("/") != (settings.LLM_BASE_URL or "").rstrip("/"):
+        base_url, api_key = own_base_url, own_key
+    else:
+        base_url, api_key = settings.LLM_BASE_URL, own_key or settings.LLM_API_KEY
+    return {"base_url": base_url, "api_key": api_key or "",
+            "model": (agent.llm_model if agent is not None and agent.llm_model else settings.LLM_MODEL)}
 
 
 async def materialize(run_id, *, worker: str) -> PreparedRun | None:
@@ -282,10 +311,15 @@ def claim_attachment(run_id, *, holder: str) -> bool:
 
 
 async def attach(run_id, *, holder: str) -> PreparedRun | None:
-    """Claim a waiting live run for the conversation arriving now; None if it is not waiting."""
+    """Claim a waiting live run for the conversation arriving now; None if it is not waiting, or
+    if it can no longer run as queued (it then ends as ``failed`` with the reason)."""
     if not await db(claim_attachment, run_id, holder=holder):
         return None
-    return await db(load_prepared, run_id)
+    try:
+        return await db(load_prepared, run_id)
+    except RunFailure as failure:
+        await db(fail_with, run_id, failure)
+        return None
 
 
 async def converse_attached(prepared: PreparedRun, connection: TargetConnection, *, http,

@@ -14,9 +14,9 @@ import os
 import threading
 import time
 
-import aiohttp
 from django.conf import settings
 
+from assure import egress
 from runs import services
 from runs.connectors import demo, http_json, openai_chat, websocket  # noqa: F401  (loaded once, not in a run's first turn)
 from runs.execution import execute
@@ -49,8 +49,9 @@ class ConversationHost:
 
     async def _setup(self) -> None:
         # One shared aiohttp session for every conversation of the loop (bench/README.md: the
-        # fastest client under concurrency), with no per-host connection cap.
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60))
+        # fastest client under concurrency), with no per-host connection cap. It obeys the egress
+        # policy and keeps no cookies: runs of every workspace share it.
+        self.http = egress.client_session()
         publish_from_loop(self.loop)
 
     def submit(self, run_id: str) -> None:

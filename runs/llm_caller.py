@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import aiohttp
 import openai
 
-from runs.connectors import TargetConnection
+from assure import egress
+from runs.connectors import ReplyTooLarge, TargetConnection, read_capped
 from runs.engine import Clock, Outcome, Recorder, exchange, record_reply
 
 MAX_CALLER_TURNS = 40
@@ -65,7 +66,7 @@ class LLMCaller:
             )
         self.llm = llm
         self.client = openai.AsyncOpenAI(base_url=llm["base_url"], api_key=llm.get("api_key") or "not-needed",
-                                         timeout=60, max_retries=1)
+                                         timeout=60, max_retries=1, http_client=egress.async_http_client(timeout=60))
         self.functions = {f.name: f for f in functions}
         self.http = http
         self.run_id = run_id
@@ -206,13 +207,18 @@ class LLMCaller:
         if function.secret:
             headers[SIGNATURE_HEADER] = sign(function.secret, timestamp, body)
         try:
-            async with self.http.post(function.url, data=body, headers=headers,
+            async with self.http.post(function.url, data=body, headers=headers, allow_redirects=False,
                                       timeout=aiohttp.ClientTimeout(total=FUNCTION_TIMEOUT_SECONDS)) as response:
-                text = await response.text()
+                if 300 <= response.status < 400:
+                    return {"error": f"HTTP {response.status}: a redirect, which is not followed"}, "error"
+                text = (await read_capped(response)).decode(response.get_encoding(), errors="replace")
                 if response.status >= 400:
                     return {"error": f"HTTP {response.status}", "body": text[:500]}, "error"
+        except ReplyTooLarge as exc:
+            return {"error": f"function result {exc}"}, "error"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return {"error": f"could not call {function.url}: {exc or type(exc).__name__}"}, "error"
+            refusal = egress.refusal_in(exc)
+            return {"error": str(refusal) if refusal else f"could not call {function.url}: {exc or type(exc).__name__}"}, "error"
         try:
             return json.loads(text), "ok"
         except ValueError:

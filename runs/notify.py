@@ -15,6 +15,7 @@ import uuid
 import httpx
 from django.conf import settings
 
+from assure import egress
 from runs.models import Run
 
 TIMEOUT_SECONDS = 10.0
@@ -59,9 +60,16 @@ def deliver(run: Run) -> None:
     if workspace.webhook_secret:
         headers[SIGNATURE_HEADER] = sign(workspace.webhook_secret, timestamp, body)
     try:
-        response = httpx.post(workspace.webhook_url, content=body, headers=headers, timeout=TIMEOUT_SECONDS)
+        with egress.http_client(timeout=TIMEOUT_SECONDS, refuse_redirects=False) as client:
+            response = client.post(workspace.webhook_url, content=body, headers=headers)
     except httpx.HTTPError as exc:
+        refusal = egress.refusal_in(exc)
+        if refusal is not None:
+            raise DeliveryError(f"could not deliver to {workspace.webhook_url}: {refusal}", retryable=False) from None
         raise DeliveryError(f"could not deliver to {workspace.webhook_url}: {exc}", retryable=True) from None
+    if response.is_redirect:
+        raise DeliveryError(f"{workspace.webhook_url} answered HTTP {response.status_code} (a redirect; redirects are "
+                            "not followed: give the final URL)", retryable=False)
     if response.status_code >= 500:
         raise DeliveryError(f"{workspace.webhook_url} answered HTTP {response.status_code}", retryable=True)
     if response.status_code >= 400:

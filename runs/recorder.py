@@ -47,6 +47,16 @@ async def db(fn, *args, **kwargs):
     return await loop.run_in_executor(_db_pool, _with_fresh_connection, fn, args, kwargs)
 
 
+# What one stored turn may hold: a transcript stays readable (and a run's size bounded) whatever
+# a target sends within the reply byte cap.
+MAX_TURN_CHARS = 20_000
+TRUNCATED_MARKER = "… [truncated]"
+
+
+def capped_text(text: str) -> str:
+    return text if len(text) <= MAX_TURN_CHARS else text[:MAX_TURN_CHARS] + TRUNCATED_MARKER
+
+
 class DbRecorder:
     """Persists each turn and tool invocation first, then publishes it to the run's group."""
 
@@ -57,6 +67,7 @@ class DbRecorder:
 
     async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False):
         self.turn_seq += 1
+        text = capped_text(text)
         row = {"seq": self.turn_seq, "speaker": speaker, "text": text, "started_ms": started_ms,
                "ended_ms": ended_ms, "latency_ms": latency_ms, "is_error": is_error}
         if await db(save_if_running, Turn, self.run_id, row):

@@ -95,13 +95,16 @@ def snapshot_of(path: Path) -> dict:
             "max_duration_seconds": agent.max_duration_seconds, "end_conditions": agent.end_conditions,
             "outbound_numbers": agent.outbound_numbers,
         },
-        # Secrets (headers, API keys) are read from the live objects at execution, never copied.
+        # Secrets (headers, API keys) are read from the live objects at execution, never copied. The
+        # fingerprint lets execution check that the live headers are still the ones that belonged to
+        # this URL's host when the run was queued (``runs.execution.load_prepared``).
         "target": {
             "id": str(target.id), "name": target.name, "channel": target.channel, "kind": target.kind,
             "url": target.url, "phone_number": target.phone_number,
             "request_template": target.request_template, "response_path": target.response_path,
             "model": target.model, "rehearse_with": str(target.rehearse_with_id) if target.rehearse_with_id else None,
             "dial_in_delay_seconds": target.dial_in_delay_seconds,
+            "secrets_fingerprint": target.secrets_fingerprint(),
         },
     }
 

@@ -7,6 +7,7 @@ from assure.admin_scoping import (
     change_link,
     changelist_link,
 )
+from scenarios.forms import TargetHeadersForm
 from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
 from scenarios import services
 from scenarios.services import SYNC_RELEVANT_FIELDS
@@ -88,12 +89,18 @@ class CustomFunctionAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
 
 @admin.register(Target)
 class TargetAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
-    # Headers carry the target's credentials: in the form for those who edit it, nowhere else.
+    # Headers carry the target's credentials: an input that never shows them, for those who edit
+    # the target; nowhere else.
+    form = TargetHeadersForm
     hidden_from_viewers = ("headers",)
     list_display = ["name", "workspace", "channel", "kind", "endpoint"]
     list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "channel", "kind"]
     search_fields = ["name", "url", "phone_number"]
     list_select_related = ["workspace"]
+
+    def save_model(self, request, obj, form, change):
+        self.ensure_writable(request, obj)
+        services.target_save(target=obj, headers_given=form.headers_given)
 
     @admin.display(description="endpoint")
     def endpoint(self, obj):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
@@ -113,6 +114,15 @@ class TargetViewSet(WorkspaceViewSet):
     model = Target
     serializer_class = TargetSerializer
     filterset_fields = ["channel", "kind"]
+
+    def perform_update(self, serializer):
+        target = serializer.instance
+        for name, value in serializer.validated_data.items():
+            setattr(target, name, value)
+        try:
+            services.target_save(target=target, headers_given="headers" in serializer.validated_data)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
 
 
 class ScenarioViewSet(WorkspaceViewSet):

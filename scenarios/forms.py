@@ -16,7 +16,7 @@ from django.utils.html import format_html
 
 from assure.admin_scoping import SecretFieldsForm
 from assure.tenancy import scoped
-from scenarios import validators
+from scenarios import services, validators
 from scenarios.models import Agent, Channel, CustomFunction, Path, Scenario, Target
 
 # The step keys validators.validate_script accepts (it keeps no list of them), in the editor's order.
@@ -185,7 +185,60 @@ class FunctionForm(SecretFieldsForm, WorkspaceModelForm):
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
 
-class TargetForm(WorkspaceModelForm):
+class TargetHeadersForm(forms.ModelForm):
+    """A target's headers carry credentials: edited as a JSON textarea that never shows the stored
+    ones (blank keeps them, ``{}`` removes them). Saved through ``services.target_save``, which will
+    not carry the stored headers to a URL on another host. The page form and the admin share it."""
+
+    # A plain text field rather than a JSONField, which would print the stored value.
+    headers = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono", "autocomplete": "off"}),
+        help_text='A JSON object of request headers, e.g. {"Authorization": "Bearer …"}.',
+    )
+    # Whether the headers were typed in, rather than kept from the stored target.
+    headers_given = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "headers" not in self.fields:  # view-only admin forms have no inputs
+            return
+        self.initial["headers"] = ""
+        if self.instance.headers:
+            self.fields["headers"].help_text += " Headers are stored: leave blank to keep the current headers; {} removes them."
+        else:
+            self.fields["headers"].help_text += " Leave blank for none."
+
+    def clean_headers(self):
+        text = self.cleaned_data["headers"].strip()
+        self.headers_given = bool(text)
+        if not text:
+            return self.instance.headers or {}
+        try:
+            headers = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+        # Here rather than only on the model, for the reason given in JSONTextField.
+        validators.validate_headers(headers)
+        return headers
+
+    def _post_clean(self):
+        super()._post_clean()  # the instance now holds what was posted
+        if "headers" in self.fields:
+            try:
+                services.target_check_host_change(target=self.instance, headers_given=self.headers_given)
+            except ValidationError as exc:
+                self._update_errors(exc)
+
+    def save(self, commit=True):
+        if not commit:
+            return super().save(commit=False)
+        services.target_save(target=self.instance, headers_given=self.headers_given)
+        self._save_m2m()
+        return self.instance
+
+
+class TargetForm(TargetHeadersForm, WorkspaceModelForm):
     # Which optional fields each kind uses; the others are hidden in the browser and blanked on
     # save so a value typed before switching kinds neither lingers nor fails validation unseen.
     FIELDS_BY_KIND = {
@@ -214,13 +267,6 @@ class TargetForm(WorkspaceModelForm):
         help_text="The chat target whose replies this target speaks on a loopback call: rehearse a voice scenario "
                   "against your chat bot before it has a phone line.")
 
-    # Headers carry credentials: never rendered back, so a plain text field rather than a
-    # JSONField (which would print the stored value). Blank keeps what is stored.
-    headers = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono", "autocomplete": "off"}),
-        help_text='A JSON object of request headers, e.g. {"Authorization": "Bearer …"}.',
-    )
     request_template = JSONTextField(
         empty={},
         validator=validators.validate_json_object,
@@ -245,11 +291,6 @@ class TargetForm(WorkspaceModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.initial["headers"] = ""
-        if self.instance.headers:
-            self.fields["headers"].help_text += " Headers are stored: leave blank to keep the current headers; {} removes them."
-        else:
-            self.fields["headers"].help_text += " Leave blank for none."
         for name in self.KIND_FIELDS:
             kinds = [kind for kind, used in self.FIELDS_BY_KIND.items() if name in used]
             show_when(self, name, "kind=" + ",".join(kinds))
@@ -264,18 +305,6 @@ class TargetForm(WorkspaceModelForm):
             self.initial["assigned_number"] = self.instance.phone_number
         else:
             self.fields["assigned_number"].widget.attrs["placeholder"] = "assigned when you save"
-
-    def clean_headers(self):
-        text = self.cleaned_data["headers"].strip()
-        if not text:
-            return self.instance.headers or {}
-        try:
-            headers = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
-        # Here rather than only on the model, for the reason given in JSONTextField.
-        validators.validate_headers(headers)
-        return headers
 
     def clean_dial_in_delay_seconds(self):
         # Optional in the form (most targets never dial in): blank keeps what the target has.

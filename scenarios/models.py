@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from assure import secrets
 from assure.models import WorkspaceOwned
+from assure.secrets import EncryptedJSONField, EncryptedTextField
 from scenarios import validators
 
 
@@ -38,7 +42,7 @@ class Agent(WorkspaceOwned):
         help_text="OpenAI-compatible endpoint for the LLM caller; blank uses the server's LLM_BASE_URL.",
     )
     llm_model = models.CharField(max_length=100, blank=True)
-    llm_api_key = models.CharField(max_length=500, blank=True)
+    llm_api_key = EncryptedTextField(max_length=500, blank=True)
     max_duration_seconds = models.PositiveIntegerField(
         default=300,
         validators=[MinValueValidator(10), MaxValueValidator(3600)],
@@ -81,7 +85,7 @@ class CustomFunction(WorkspaceOwned):
         default=validators.empty_object_schema, validators=[validators.validate_parameters_schema]
     )
     url = models.CharField(max_length=500, validators=[validators.validate_http_url], help_text="The function's webhook.")
-    secret = models.CharField(max_length=200, blank=True, help_text="Signs requests to the webhook.")
+    secret = EncryptedTextField(max_length=200, blank=True, help_text="Signs requests to the webhook.")
     sync_status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING)
     sync_error = models.TextField(blank=True)
     synced_at = models.DateTimeField(null=True, blank=True)
@@ -125,7 +129,7 @@ class Target(WorkspaceOwned):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     url = models.CharField(max_length=500, blank=True)
     phone_number = models.CharField(max_length=16, blank=True, validators=[validators.validate_e164])
-    headers = models.JSONField(
+    headers = EncryptedJSONField(
         default=dict, blank=True, validators=[validators.validate_headers], help_text="Secret request headers."
     )
     request_template = models.JSONField(default=dict, blank=True, validators=[validators.validate_json_object])
@@ -159,6 +163,11 @@ class Target(WorkspaceOwned):
 
     def __str__(self) -> str:
         return self.name
+
+    def secrets_fingerprint(self) -> str:
+        """Where the secret headers go and what they are, as one HMAC (``assure.secrets.fingerprint``):
+        a run queued with one fingerprint must not send other headers, or its headers to another host."""
+        return secrets.fingerprint({"origin": url_origin(self.url), "headers": self.headers})
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
@@ -211,6 +220,21 @@ class Target(WorkspaceOwned):
 
 
 DEMO_VOICE_NUMBER = "+15550100"
+
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host:port`` of a URL, lower-cased, default port filled in: who receives what is sent
+    to it. Blank for a blank or unparsable URL."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return ""
+    if not parts.hostname:
+        return ""
+    return f"{parts.scheme.lower()}://{parts.hostname.lower()}:{port}"
 
 
 def loopback_number(target: "Target") -> str:

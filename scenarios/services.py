@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from scenarios import sync, validators
 from assure.doorbell import ring
-from scenarios.models import CustomFunction
+from scenarios.models import CustomFunction, Target, url_origin
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,32 @@ def _static_problem(function: CustomFunction) -> str | None:
 
 def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+TARGET_HOST_CHANGED = ("The URL's host changed: enter the headers again (or {} for none) so they are not sent "
+                       "to the new host.")
+
+
+def target_check_host_change(*, target: Target, headers_given: bool) -> None:
+    """Refuse to carry a target's stored headers to another host.
+
+    An edit that points the URL at another origin (scheme, host or port) while the target keeps
+    headers must give the headers again: raises ``ValidationError`` on ``headers`` otherwise. Edits
+    on the same host, new targets, and targets without headers pass.
+    """
+    if headers_given or target._state.adding or not target.headers:
+        return
+    stored_url = Target.objects.filter(pk=target.pk).values_list("url", flat=True).first()
+    if stored_url is not None and url_origin(stored_url) != url_origin(target.url):
+        raise ValidationError({"headers": TARGET_HOST_CHANGED})
+
+
+def target_save(*, target: Target, headers_given: bool) -> Target:
+    """Save a validated new or edited target; ``headers_given``: the edit supplied the headers (even
+    ``{}``) rather than keeping the stored ones. The API, the page form and the admin all save here."""
+    target_check_host_change(target=target, headers_given=headers_given)
+    target.save()
+    return target
 
 
 STALE_PENDING_SECONDS = 60

@@ -50,6 +50,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from assure import egress
+
 # Module-level so tests can make it small; read at each probe.
 PROBE_TIMEOUT_SECONDS = 10.0
 USER_AGENT = "AssureAgent-sync/1"
@@ -124,7 +126,7 @@ def probe(*, url: str, name: str, parameters: dict, secret: str) -> None:
     if secret:
         headers[SIGNATURE_HEADER] = sign(secret, str(timestamp), body)
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        with egress.http_client(timeout=timeout, refuse_redirects=False) as client:
             with client.stream("POST", url, content=body, headers=headers) as response:
                 if response.is_success:
                     return
@@ -132,6 +134,10 @@ def probe(*, url: str, name: str, parameters: dict, secret: str) -> None:
     except httpx.TimeoutException as exc:
         raise _timeout_error(url, exc, timeout) from None
     except httpx.ConnectError as exc:
+        refusal = egress.refusal_in(exc)
+        if refusal is not None:
+            # Never contacted: the same answer whatever listens (or not) at that address.
+            raise ProbeError(f"could not connect to {url}: {refusal}.", permanent=True) from None
         raise _connect_error(url, exc) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ProbeError(

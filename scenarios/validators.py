@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 
+from assure import egress
+
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 DTMF_RE = re.compile(r"^[0-9*#wW]{1,32}$")
@@ -57,6 +59,11 @@ def _validate_url(value: str, schemes: tuple[str, ...]) -> None:
         raise ValidationError(f"Not a valid URL: {exc}.", code="invalid_url") from None
     if not parts.hostname or any(c.isspace() for c in value):
         raise ValidationError("Not a valid URL: it needs a host name and no spaces.", code="invalid_url")
+    # Only what needs no DNS lookup (a literal address, localhost): names are checked at run time,
+    # when the connection is made to the address that was checked.
+    refusal = egress.static_refusal(value)
+    if refusal is not None:
+        raise ValidationError(f"This URL is {refusal}.", code="egress_blocked")
 
 
 def validate_http_url(value: str) -> None:

@@ -475,13 +475,20 @@ def test_agent_secrets_survive_an_edit_with_its_functions_inline(member_client, 
     assert (agent.instructions, agent.llm_api_key, function.secret) == ("Be brief.", "sk-agent", "whsec-fn")
 
 
-def test_target_headers_are_in_the_form_but_not_the_list(member_client, workspace):
+def test_target_headers_are_an_input_that_never_shows_them(member_client, workspace):
     target = f.TargetFactory(workspace=workspace, headers={"Authorization": "Bearer tgt-secret"})
 
     assert "tgt-secret" not in member_client.get(admin_url(Target, "changelist")).content.decode()
-    assert "tgt-secret" in member_client.get(change_url(target)).content.decode()
+    page = member_client.get(change_url(target)).content.decode()
+    assert 'name="headers"' in page and "tgt-secret" not in page
     viewer = staff_client(workspace, "viewer")
     assert "tgt-secret" not in viewer.get(change_url(target)).content.decode()
+
+    data = submitted_data(member_client.get(change_url(target)))
+    data["name"] = "Renamed"
+    assert member_client.post(change_url(target), data).status_code == 302
+    target.refresh_from_db()
+    assert (target.name, target.headers) == ("Renamed", {"Authorization": "Bearer tgt-secret"})
 
 
 

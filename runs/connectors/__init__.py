@@ -13,7 +13,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from assure import egress
+
 TURN_TIMEOUT_SECONDS = 30.0
+# What one reply (or one function result) may weigh; more is an error, never buffered whole.
+MAX_REPLY_BYTES = 256 * 1024
 
 
 class ConnectorError(Exception):
@@ -28,9 +32,34 @@ class TargetUnreachable(ConnectorError):
     """The session could not be opened: refused, DNS, timeout, or a 5xx on the first exchange."""
 
 
-def failure(message: str, *, first_exchange: bool) -> ConnectorError:
-    """A failed exchange: on the first one the session never opened, so the target is unreachable."""
+def failure(message: str, *, first_exchange: bool, cause: BaseException | None = None) -> ConnectorError:
+    """A failed exchange: on the first one the session never opened, so the target is unreachable.
+
+    A connection the egress policy refused is always unreachable, and its message says only that
+    (the address was never contacted, so there is nothing to tell about it)."""
+    refusal = egress.refusal_in(cause)
+    if isinstance(refusal, egress.EgressRefused):
+        return TargetUnreachable(str(refusal))
     return TargetUnreachable(message) if first_exchange else ConnectorError(message)
+
+
+class ReplyTooLarge(ConnectorError):
+    def __init__(self, cap: int = MAX_REPLY_BYTES):
+        super().__init__(f"reply over {cap // 1024} KB", permanent=True)
+
+
+async def read_capped(response, *, cap: int = MAX_REPLY_BYTES) -> bytes:
+    """An aiohttp response's body, or ``ReplyTooLarge`` as soon as it passes ``cap`` bytes: at
+    most ``cap`` + one chunk is ever held."""
+    if response.content_length is not None and response.content_length > cap:
+        raise ReplyTooLarge(cap)
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            raise ReplyTooLarge(cap)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass

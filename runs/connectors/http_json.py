@@ -9,7 +9,7 @@ import aiohttp
 
 from runs.connectors import (
     TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, compiled_path, extract, failure,
-    fill_template, register,
+    fill_template, read_capped, register,
 )
 
 
@@ -29,16 +29,22 @@ class HttpJsonConnection(TargetConnection):
         first = self.exchanges == 0
         self.exchanges += 1
         try:
+            # ``total`` bounds the whole exchange, body included: a slow-drip reply cannot hold the
+            # conversation past it.
             async with self.context.http.post(
-                self.url, json=body, headers=self.context.secrets,
+                self.url, json=body, headers=self.context.secrets, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=TURN_TIMEOUT_SECONDS),
             ) as response:
-                payload = await response.read()
                 status = response.status
+                if 300 <= status < 400:
+                    raise failure(first_exchange=first, message=f"{self.url} answered HTTP {status} (a redirect; "
+                                  "redirects are not followed: give the final URL)")
+                payload = await read_capped(response)
         except asyncio.TimeoutError:
             raise failure(first_exchange=first, message=f"{self.url} did not answer within {TURN_TIMEOUT_SECONDS:.0f}s") from None
         except aiohttp.ClientConnectorError as exc:
-            raise failure(first_exchange=first, message=f"could not connect to {self.url}: {exc.os_error or exc}") from None
+            raise failure(first_exchange=first, message=f"could not connect to {self.url}: {exc.os_error or exc}",
+                          cause=exc) from None
         except aiohttp.ClientError as exc:
             raise failure(first_exchange=first, message=f"request to {self.url} failed: {exc}") from None
         if status >= 500:

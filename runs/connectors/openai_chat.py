@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 
+from assure import egress
 from runs.connectors import TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, failure, register
 
 
@@ -16,6 +19,7 @@ class OpenAIChatConnection(TargetConnection):
         self.client = openai.AsyncOpenAI(
             base_url=target["url"], api_key=api_key, default_headers=headers or None,
             timeout=TURN_TIMEOUT_SECONDS, max_retries=0,
+            http_client=egress.async_http_client(timeout=TURN_TIMEOUT_SECONDS),
         )
         self.messages: list[dict] = []
 
@@ -23,9 +27,17 @@ class OpenAIChatConnection(TargetConnection):
         first = not self.messages
         self.messages.append({"role": "user", "content": text})
         try:
-            completion = await self.client.chat.completions.create(model=self.target["model"], messages=self.messages)
+            # httpx's timeout is per read; the deadline bounds the whole exchange (a slow drip).
+            completion = await asyncio.wait_for(
+                self.client.chat.completions.create(model=self.target["model"], messages=self.messages),
+                TURN_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            raise failure(first_exchange=first,
+                          message=f"{self.target['url']} did not answer within {TURN_TIMEOUT_SECONDS:.0f}s") from None
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise failure(first_exchange=first, message=f"could not reach {self.target['url']}: {exc}") from None
+            refusal = egress.refusal_in(exc)
+            raise failure(first_exchange=first, cause=exc,
+                          message=str(refusal) if refusal else f"could not reach {self.target['url']}: {exc}") from None
         except openai.APIStatusError as exc:
             if exc.status_code >= 500:
                 raise failure(first_exchange=first, message=f"{self.target['url']} answered HTTP {exc.status_code}: {exc.message}") from None

@@ -7,9 +7,10 @@ import json
 
 import aiohttp
 
+from assure import egress
 from runs.connectors import (
-    TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, TargetUnreachable, extract, fill_template,
-    register,
+    MAX_REPLY_BYTES, TURN_TIMEOUT_SECONDS, ConnectorError, Reply, ReplyTooLarge, TargetConnection, TargetUnreachable,
+    extract, fill_template, register,
 )
 
 IDLE_GAP_SECONDS = 0.5
@@ -24,14 +25,15 @@ class WebsocketConnection(TargetConnection):
         try:
             self.ws = await self.context.http.ws_connect(
                 self.target["url"], headers=self.context.secrets, timeout=aiohttp.ClientWSTimeout(ws_close=5),
-                heartbeat=30,
+                heartbeat=30, max_msg_size=MAX_REPLY_BYTES,
             )
         except asyncio.TimeoutError:
             raise TargetUnreachable(f"{self.target['url']} did not accept the websocket in time") from None
         except aiohttp.WSServerHandshakeError as exc:
             raise TargetUnreachable(f"{self.target['url']} refused the websocket: HTTP {exc.status}") from None
         except aiohttp.ClientError as exc:
-            raise TargetUnreachable(f"could not connect to {self.target['url']}: {exc}") from None
+            refusal = egress.refusal_in(exc)
+            raise TargetUnreachable(str(refusal) if refusal else f"could not connect to {self.target['url']}: {exc}") from None
         # A target that greets on connect speaks within the gap.
         greeting = await self._collect(first_timeout=IDLE_GAP_SECONDS)
         return greeting if greeting.text or greeting.ended else None
@@ -49,18 +51,33 @@ class WebsocketConnection(TargetConnection):
         return reply
 
     async def _collect(self, *, first_timeout: float) -> Reply:
+        """The frames of one reply: until the target is quiet for a gap. A target that never stops
+        sending is cut off at the turn's deadline and its reply's byte cap (frames add up)."""
         parts: list[str] = []
+        size = 0
         timeout = first_timeout
+        deadline = asyncio.get_running_loop().time() + first_timeout + TURN_TIMEOUT_SECONDS
         while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise ConnectorError(f"{self.target['url']} kept sending for over {TURN_TIMEOUT_SECONDS:.0f}s "
+                                     "without a pause")
             try:
-                message = await asyncio.wait_for(self.ws.receive(), timeout)
+                message = await asyncio.wait_for(self.ws.receive(), min(timeout, remaining))
             except asyncio.TimeoutError:
+                if timeout > remaining:
+                    continue
                 return Reply(" ".join(parts))
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                 return Reply(" ".join(parts), ended=True)
             if message.type == aiohttp.WSMsgType.ERROR:
+                if getattr(self.ws.exception(), "code", None) == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+                    raise ReplyTooLarge()
                 raise ConnectorError(f"websocket error: {self.ws.exception()}")
             if message.type == aiohttp.WSMsgType.TEXT:
+                size += len(message.data.encode())
+                if size > MAX_REPLY_BYTES:
+                    raise ReplyTooLarge()
                 parts.append(self._text_of(message.data))
                 timeout = IDLE_GAP_SECONDS
 
