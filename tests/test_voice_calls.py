@@ -10,6 +10,8 @@ is what the far end's side of the line saw.
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 import time
 
 import pytest
@@ -34,10 +36,17 @@ _numbers = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup, django_db_blocker, test_redis_url, tmp_path_factory):
+    from django.conf import settings
+
+    # Recordings the worker downloads land here, where this process reads them.
+    media = tmp_path_factory.mktemp("media")
+    previous, settings.MEDIA_ROOT = settings.MEDIA_ROOT, str(media)
     with django_db_blocker.unblock():
-        voice = VoiceStack(redis_url=test_redis_url, tmp_path=tmp_path_factory.mktemp("voice"))
+        voice = VoiceStack(redis_url=test_redis_url, tmp_path=tmp_path_factory.mktemp("voice"),
+                           worker_env={"MEDIA_ROOT": str(media)}, web_env={"MEDIA_ROOT": str(media)})
     yield voice
     voice.stop()
+    settings.MEDIA_ROOT = previous
 
 
 @pytest.fixture
@@ -262,6 +271,12 @@ def test_an_inbound_run_arms_a_number_and_takes_the_targets_call(stack, api, wor
     assert conversation(witness)[0] == ("we said", "Hi, is this Brightsmile Dental?"), conversation(witness)
     wait_for(lambda: PhoneNumber.objects.filter(pk=number.pk, reserved_by__isnull=True).exists(), 10,
              message="the number to be released")
+    if shutil.which("espeak-ng") or os.environ.get("CI"):
+        # An incoming call is recorded too (started once it connected), and its audio stored.
+        call = wait_for(lambda: Call.objects.filter(pk=call.pk).exclude(recording="").first(), 20,
+                        message="the inbound call's recording to be stored")
+        with call.recording.open("rb") as audio:
+            assert audio.read(4) == b"RIFF"
 
 
 def test_an_inbound_run_whose_target_never_calls_times_out_and_frees_its_number(stack, api, workspace):

@@ -86,6 +86,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import dataclasses
 import hmac
 import inspect
 import logging
@@ -209,6 +210,7 @@ class LoopbackTwilio:
             app.router.add_post(f"{account}/Calls.json", self._create_call)
             app.router.add_get(f"{account}/Calls/{{call_sid}}.json", self._fetch_call)
             app.router.add_post(f"{account}/Calls/{{call_sid}}.json", self._update_call)
+            app.router.add_post(f"{account}/Calls/{{call_sid}}/Recordings.json", self._start_recording)
             app.router.add_get(f"{account}/Recordings/{{recording}}", self._fetch_recording)
             app.router.add_post("/loopback/dial-in", self._dial_in)
             app.router.add_get("/loopback/calls", self._list_witnesses)
@@ -391,6 +393,23 @@ class LoopbackTwilio:
             except asyncio.TimeoutError:
                 pass
         return web.json_response(call.resource())
+
+    async def _start_recording(self, request: web.Request) -> web.Response:
+        """Start recording a call in progress (Twilio's call recordings resource): how an incoming
+        call, which no ``Record`` parameter covers, gets recorded. The recording is made when the
+        call ends, like any other, and reported to ``RecordingStatusCallback``."""
+        call = self._call_or_404(request)
+        form = await request.post()
+        if call.is_terminal or call.answered_at is None:
+            raise _BadRequest(21220, "The call is not in progress, so it cannot be recorded")
+        call.options = dataclasses.replace(
+            call.options, record=True, recording_status_callback=_http_url(form, "RecordingStatusCallback"),
+            recording_status_callback_method=_method(form, "RecordingStatusCallbackMethod"))
+        call.record("recording:started")
+        return web.json_response({
+            "sid": new_sid("RE"), "account_sid": call.account_sid, "call_sid": call.sid, "status": "in-progress",
+            "channels": 2, "source": "StartCallRecordingAPI", "date_created": rfc2822(utc_now()),
+        }, status=201)
 
     async def _fetch_recording(self, request: web.Request) -> web.StreamResponse:
         match = RECORDING_NAME_RE.match(request.match_info["recording"])
