@@ -59,7 +59,7 @@ def test_redis_url(tmp_path_factory, worker_id):
 
     from assure.celery import app as celery_app
     from assure.embedded import EmbeddedRedis
-    from assure.settings import celery_broker_url
+    from assure.settings import celery_broker_url, channel_layers
 
     server = None
     if settings.EMBEDDED_REDIS:
@@ -73,12 +73,15 @@ def test_redis_url(tmp_path_factory, worker_id):
         redis.Redis.from_url(url).flushdb()
     celery_app.conf.broker_url = celery_broker_url(url)
     celery_app._pool = None  # reconnect to the test Redis
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
-    }
+    settings.CHANNEL_LAYERS = channel_layers(url)
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()
+    # The cache (the API throttle's counters) on the same Redis; the signal resets Django's handler.
+    from django.test.signals import setting_changed
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
+    setting_changed.send(sender=None, setting="CACHES", value=settings.CACHES, enter=True)
     yield url
     if server is not None:
         server.stop()

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db import models
@@ -8,12 +9,23 @@ from assure.admin_scoping import (
     WorkspaceScopedMixin,
     changelist_link,
 )
-from assure.models import ApiToken, Membership, Workspace
-from assure.services import api_token_create, api_token_revoke
+from assure.models import ApiToken, Membership, Workspace, validate_max_parallel_runs
+from assure.services import (
+    api_token_create,
+    api_token_revoke,
+    membership_delete,
+    membership_removal_error,
+    membership_set,
+)
 
 
 class WorkspaceForm(SecretFieldsForm):
     secret_fields = ("webhook_secret",)
+
+    def clean_max_parallel_runs(self):
+        value = self.cleaned_data.get("max_parallel_runs")
+        validate_max_parallel_runs(value)
+        return value
 
 
 @admin.register(Workspace)
@@ -40,8 +52,21 @@ class WorkspaceAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
         return changelist_link("assure.membership", "Members", workspace__id__exact=obj.pk)
 
 
+class MembershipForm(forms.ModelForm):
+    def clean(self):
+        cleaned = super().clean()
+        # Demoting the last owner is refused here, on the form, rather than failing in save_model.
+        role = cleaned.get("role")
+        if self.instance.pk is not None and role and role != Membership.Role.OWNER:
+            error = membership_removal_error(memberships=[Membership.objects.get(pk=self.instance.pk)])
+            if error is not None:
+                raise error
+        return cleaned
+
+
 @admin.register(Membership)
 class MembershipAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
+    form = MembershipForm
     write_roles = MANAGE_ROLES
     list_display = ["user", "workspace", "role", "created_at"]
     list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "role"]
@@ -62,6 +87,25 @@ class MembershipAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
                 .distinct()
             )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        self.ensure_writable(request, obj)
+        obj.pk = membership_set(workspace=obj.workspace, user=obj.user, role=obj.role).pk
+
+    def get_deleted_objects(self, objs, request):
+        # The delete page and the bulk action both ask this first: a removal that would leave a
+        # workspace without its owner is shown as protected, so nothing is deleted.
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        error = membership_removal_error(memberships=list(objs))
+        if error is not None:
+            protected = [*protected, error.message]
+        return deleted, model_count, perms_needed, protected
+
+    def delete_model(self, request, obj):
+        membership_delete(memberships=[obj])
+
+    def delete_queryset(self, request, queryset):
+        membership_delete(memberships=queryset)
 
 
 class TokenStatusFilter(admin.SimpleListFilter):

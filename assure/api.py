@@ -5,7 +5,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from assure.models import Membership, Workspace
+from assure.models import Membership, Workspace, validate_max_parallel_runs
 from assure.tenancy import request_workspace
 
 
@@ -15,6 +15,10 @@ class WorkspaceSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "slug", "max_parallel_runs", "queue_paused", "webhook_url", "webhook_secret"]
         read_only_fields = ["id", "slug"]
         extra_kwargs = {"webhook_secret": {"write_only": True}}
+
+    def validate_max_parallel_runs(self, value):
+        validate_max_parallel_runs(value)
+        return value
 
 
 class WorkspaceView(APIView):

@@ -27,7 +27,28 @@ class ModelCleanSerializer(serializers.ModelSerializer):
             probe.clean()
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages) from None
+        # DRF checks a unique constraint only when every one of its fields is on the serializer, and
+        # the workspace never is: (workspace, name) would end in an IntegrityError. A serializer
+        # that declares ``validators = []`` checks uniqueness itself (DRF's own convention).
+        if getattr(self.Meta, "validators", None) != []:
+            probe._state.adding = self.instance is None
+            self._check_unique_constraints(probe)
         return attrs
+
+    def _check_unique_constraints(self, probe) -> None:
+        model = type(probe)
+        for constraint in model._meta.total_unique_constraints:
+            try:
+                constraint.validate(model, probe)
+            except DjangoValidationError:
+                *scope, field_name = constraint.fields
+                owner = [
+                    ("in this " if name == "workspace" else "of this ") + str(model._meta.get_field(name).verbose_name)
+                    for name in scope
+                ]
+                field = model._meta.get_field(field_name)
+                who = " ".join([f"Another {model._meta.verbose_name}", *owner])
+                raise serializers.ValidationError({field_name: f"{who} already has this {field.verbose_name}."}) from None
 
 
 class WorkspaceScopedField(serializers.PrimaryKeyRelatedField):

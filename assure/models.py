@@ -4,6 +4,7 @@ import hashlib
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
@@ -58,6 +59,17 @@ slug_validator = RegexValidator(
 
 def default_max_parallel_runs() -> int:
     return settings.DEFAULT_WORKSPACE_MAX_PARALLEL_RUNS
+
+
+def validate_max_parallel_runs(value: int) -> None:
+    """A workspace asks for at most the operator's cap (admission clamps to it regardless). Not a
+    field validator: the cap is a setting, and a migration would freeze today's value."""
+    cap = settings.MAX_PARALLEL_RUNS_PER_WORKSPACE
+    if value is not None and value > cap:
+        raise ValidationError(
+            f"At most {cap} parallel runs per workspace on this server (MAX_PARALLEL_RUNS_PER_WORKSPACE).",
+            code="max_value",
+        )
 
 
 class Workspace(models.Model):

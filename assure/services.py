@@ -4,12 +4,13 @@ import secrets
 
 from dataclasses import dataclass, field
 
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models.functions import Cast
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
-from assure.models import ApiToken, Membership, Workspace, hash_api_key
+from assure.models import ApiToken, Membership, Workspace, hash_api_key, validate_max_parallel_runs
 from assure.secrets import SecretUnreadable, encrypted_fields, is_current, reencrypt
 
 
@@ -19,15 +20,62 @@ def workspace_create(*, name: str, slug: str, owner=None, max_parallel_runs: int
     if max_parallel_runs is not None:
         workspace.max_parallel_runs = max_parallel_runs
     workspace.full_clean()
+    validate_max_parallel_runs(workspace.max_parallel_runs)
     workspace.save()
     if owner is not None:
         Membership.objects.create(workspace=workspace, user=owner, role=Membership.Role.OWNER)
     return workspace
 
 
+class LastOwnerError(ValidationError):
+    """The change would leave a workspace without an owner."""
+
+
+def membership_removal_error(*, memberships) -> LastOwnerError | None:
+    """Why removing (or demoting) ``memberships`` is refused: it would leave a workspace that has
+    owners with none. ``None`` when it may go ahead."""
+    leaving = {}
+    for membership in memberships:
+        if membership.role == Membership.Role.OWNER:
+            leaving.setdefault(membership.workspace_id, set()).add(membership.pk)
+    for workspace_id, owner_ids in leaving.items():
+        others = Membership.objects.filter(workspace_id=workspace_id, role=Membership.Role.OWNER).exclude(pk__in=owner_ids)
+        if not others.exists():
+            name = Workspace.objects.filter(pk=workspace_id).values_list("name", flat=True).first()
+            return LastOwnerError(
+                f"{name} would have no owner left: make another member its owner first.", code="last_owner"
+            )
+    return None
+
+
+def _lock_workspaces(workspace_ids) -> None:
+    # Serializes owner changes of a workspace: two admins each demoting one of two owners at once
+    # must not both succeed.
+    list(Workspace.objects.select_for_update().filter(pk__in=set(workspace_ids)).values_list("pk"))
+
+
+@transaction.atomic
 def membership_set(*, workspace: Workspace, user, role: str) -> Membership:
+    """Give ``user`` ``role`` in ``workspace``; the last owner cannot be demoted."""
+    _lock_workspaces([workspace.pk])
+    current = Membership.objects.filter(workspace=workspace, user=user).first()
+    if current is not None and role != Membership.Role.OWNER:
+        error = membership_removal_error(memberships=[current])
+        if error is not None:
+            raise error
     membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
     return membership
+
+
+@transaction.atomic
+def membership_delete(*, memberships) -> None:
+    """Remove ``memberships``; refused as a whole if a workspace would lose its last owner."""
+    memberships = list(memberships)
+    _lock_workspaces(m.workspace_id for m in memberships)
+    error = membership_removal_error(memberships=memberships)
+    if error is not None:
+        raise error
+    Membership.objects.filter(pk__in=[m.pk for m in memberships]).delete()
 
 
 def api_token_create(*, workspace: Workspace, name: str, created_by=None) -> tuple[ApiToken, str]:

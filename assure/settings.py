@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -140,6 +142,7 @@ INSTALLED_APPS = [
     "scenarios",
     "runs",
     "telephony",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -153,6 +156,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "assure.middleware.WorkspaceMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "assure.urls"
@@ -183,6 +188,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Login rate limiting (django-axes): after AXES_FAILURE_LIMIT failed logins for one username from
+# one address, that pair is refused for AXES_COOLOFF_TIME. The address is the connection's
+# (REMOTE_ADDR); behind a proxy every client shares the proxy's, so the lockout is per username.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -218,6 +235,17 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# Conversations take the default queue; probes and webhooks (slow customer servers) their own, so a
+# flood of either never queues runs behind it. Every worker consumes both (`-Q celery,background`);
+# an operator may run dedicated ones. Their limit is soft only: a hard limit kills the pool process,
+# and with it the conversations its loop holds.
+BACKGROUND_QUEUE = "background"
+BACKGROUND_TASKS = ("scenarios.tasks.sync_function", "scenarios.tasks.resync_stale_functions",
+                    "runs.tasks.notify_run_finished", "telephony.tasks.download_recording")
+CELERY_TASK_ROUTES = {name: {"queue": BACKGROUND_QUEUE} for name in BACKGROUND_TASKS}
+CELERY_TASK_ANNOTATIONS = {name: {"soft_time_limit": 120} for name in BACKGROUND_TASKS}
+WORKER_QUEUES = f"celery,{BACKGROUND_QUEUE}"
+
 CELERY_BEAT_SCHEDULE = {
     # The safety net under every doorbell (runs/services.py, sweep).
     "sweep-runs": {"task": "runs.tasks.sweep_runs", "schedule": float(env_int("RUN_SWEEP_SECONDS", 2, minimum=1))},
@@ -245,12 +273,43 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"EGRESS_ALLOW: {exc}") from None
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+# Django's cache (the API throttle's counters) lives in Redis, shared by every web process.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+def channel_layers(redis_url: str) -> dict:
+    """The Channels layer on ``redis_url``.
+
+    A consumer waits for its next message with BZPOPMIN, 5 s at a time (channels-redis's
+    ``brpop_timeout``). redis-py 8 gives every socket read a 5 s timeout by default, so an idle
+    receive raced its own read: Redis answers "nothing yet" a few milliseconds after 5 s, the client
+    had given up at 5 s, and the consumer died with ``TimeoutError: Timeout reading from …``. Reads
+    get a timeout well above the blocking wait instead (still bounded, so a dead connection is
+    noticed); connecting keeps a short one.
+    """
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": redis_url, "socket_timeout": CHANNEL_LAYER_READ_TIMEOUT_SECONDS,
+                           "socket_connect_timeout": 5}],
+            },
+        }
     }
-}
+
+
+CHANNEL_LAYER_READ_TIMEOUT_SECONDS = 30
+CHANNEL_LAYERS = channel_layers(REDIS_URL)
+
+# Requests per API token (or signed-in user) and period: "600/min", "20/s", "10000/hour"; "off" for none.
+def _throttle_rate(value: str) -> str | None:
+    if value.strip().lower() == "off":
+        return None
+    if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", value.strip()):
+        raise ImproperlyConfigured(f"API_THROTTLE_RATE must look like 600/min (requests/s, min, hour or day), not {value!r}.")
+    return value.strip()
+
+
+API_THROTTLE_RATE = _throttle_rate(env_str("API_THROTTLE_RATE", "600/min"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -259,9 +318,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["assure.permissions.IsWorkspaceMember"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # JSON bodies only, strict (no NaN, bounded nesting); a limit bounded by max_limit.
+    "DEFAULT_PARSER_CLASSES": ["assure.api_input.StrictJSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "assure.api_input.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_THROTTLE_CLASSES": ["assure.throttling.WorkspaceTokenRateThrottle"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AssureAgent API",
@@ -309,7 +371,11 @@ LLM_BASE_URL = env_url("LLM_BASE_URL", schemes=("https", "http"))
 LLM_API_KEY = env_str("LLM_API_KEY")
 LLM_MODEL = env_str("LLM_MODEL", "gpt-4o-mini")
 
-DEFAULT_WORKSPACE_MAX_PARALLEL_RUNS = env_int("DEFAULT_MAX_PARALLEL_RUNS", 5, minimum=1, maximum=1000)
+# No workspace runs more than MAX_PARALLEL_RUNS_PER_WORKSPACE at once, whatever it asks for: the
+# operator's bound on what one tenant can take of the workers.
+MAX_PARALLEL_RUNS_PER_WORKSPACE = env_int("MAX_PARALLEL_RUNS_PER_WORKSPACE", 20, minimum=1, maximum=1000)
+DEFAULT_WORKSPACE_MAX_PARALLEL_RUNS = env_int("DEFAULT_MAX_PARALLEL_RUNS", min(5, MAX_PARALLEL_RUNS_PER_WORKSPACE),
+                                              minimum=1, maximum=MAX_PARALLEL_RUNS_PER_WORKSPACE)
 
 LOGGING = {
     "version": 1,

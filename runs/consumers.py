@@ -11,6 +11,7 @@ row after those numbers from the database: nothing is lost on a flaky connection
 from __future__ import annotations
 
 import asyncio
+import json
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -53,6 +54,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def workspace_id(self):
         raise NotImplementedError
 
+    @classmethod
+    async def decode_json(cls, text_data):
+        # A malformed message from the browser is ignored: raising here would close the socket with 1011.
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            return {}
+        return content if isinstance(content, dict) else {}
+
     async def replace(self, element_id: str, html: str) -> None:
         await self.send_json({"type": "replace", "id": element_id, "html": html})
 
@@ -67,6 +77,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         pass
 
 
+def _seq(value) -> int | None:
+    """A client's sequence number: absent means 0; a whole number the database can compare with, or None."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        return None
+    return value
+
+
 class RunConsumer(LiveConsumer):
     async def workspace_id(self):
         self.run_id = str(self.scope["url_route"]["kwargs"]["pk"])
@@ -77,7 +96,9 @@ class RunConsumer(LiveConsumer):
 
     async def receive_json(self, content, **kwargs):
         if content.get("type") == "resume":
-            await self.resume(int(content.get("turn_seq") or 0), int(content.get("tool_seq") or 0))
+            turn_seq, tool_seq = _seq(content.get("turn_seq")), _seq(content.get("tool_seq"))
+            if turn_seq is not None and tool_seq is not None:  # anything else is ignored, the socket stays up
+                await self.resume(turn_seq, tool_seq)
 
     async def resume(self, turn_seq: int, tool_seq: int) -> None:
         """Everything after the client's sequence numbers, then the run's current state."""

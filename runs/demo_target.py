@@ -60,6 +60,6 @@ def chat(request: HttpRequest) -> JsonResponse:
         message = body["message"]
         if not isinstance(message, str):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return JsonResponse({"error": 'Send a JSON object with a "message" string.'}, status=400)
     return JsonResponse({"session_id": body.get("session_id"), **demo_reply(message)})

@@ -7,11 +7,11 @@ connection and a recorder.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from assure import patterns
 from runs.connectors import ConnectorError, Reply, TargetConnection, TargetUnreachable
 
 
@@ -114,11 +114,18 @@ class ScriptedCaller:
             elif kind == "pause_ms":
                 await asyncio.sleep(arg / 1000)
             elif kind == "expect":
+                try:
+                    patterns.compile_pattern(arg)
+                except patterns.PatternError as exc:  # saved before patterns were checked with RE2
+                    outcome.expectation_failures.append(f"step {index}: the pattern {arg!r} cannot be used: {exc}")
+                    await recorder.tool(name="end_call", arguments={"reason": "expectation not met"}, result=None, at_ms=clock.ms())
+                    outcome.ended_by = "caller"
+                    break
                 # A call's target may not have spoken yet (its greeting), or may say its answer in
                 # several utterances: listen until the pattern matches or the target falls silent.
                 # A chat target only answers messages, so listening returns nothing at once.
                 hung_up = False
-                while not hung_up and not re.search(arg, " ".join(heard)):
+                while not hung_up and not patterns.matches(arg, " ".join(heard)):
                     try:
                         reply = await connection.listen()
                     except ConnectorError as exc:
@@ -131,7 +138,7 @@ class ScriptedCaller:
                         heard.append(reply.text)
                     hung_up = reply.ended
                 said = " ".join(heard)
-                if not re.search(arg, said):
+                if not patterns.matches(arg, said):
                     outcome.expectation_failures.append(
                         f"step {index}: expected the target to match {arg!r}, it said {said[:200]!r}"
                     )

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from assure import egress
+from assure import egress, patterns
 
 
 @dataclass
@@ -65,8 +65,10 @@ def check(criterion: dict, *, turns: list[dict], tools: list[dict], ended_by: st
                     if (needle in t["text"] if sensitive else needle.lower() in t["text"].lower())]
             what = f"{speaker} said {needle!r}"
         else:
-            pattern = re.compile(criterion["pattern"])
-            hits = [t["seq"] for t in _of(speaker, turns) if pattern.search(t["text"])]
+            try:
+                hits = [t["seq"] for t in _of(speaker, turns) if patterns.matches(criterion["pattern"], t["text"])]
+            except patterns.PatternError as exc:  # saved before patterns were checked with RE2
+                return Result(name, kind, "error", f"The pattern cannot be used: {exc}. Edit the criterion.")
             what = f"{speaker} matched /{criterion['pattern']}/"
         if hits:
             return result(True, f"The {what} in turn{'s' if len(hits) > 1 else ''} {', '.join(map(str, hits))}.", hits)

@@ -119,6 +119,21 @@ def _new_run(*, path: Path, batch: Batch | None, retry_of: Run | None, created_b
     return run
 
 
+def _queued_after_commit(runs) -> None:
+    """Tell the pages that show them that these runs are queued (a paused queue admits nothing,
+    so no later change would), then admit."""
+    run_ids = [str(run.pk) for run in runs]
+
+    def publish():
+        try:
+            dispatch.publish_run_changed(*run_ids)
+        except Exception:  # a page missing this catches up on its next resume; the runs are saved
+            logger.warning("could not publish newly queued runs %s", run_ids, exc_info=True)
+
+    transaction.on_commit(publish)
+    _admit_after_commit(runs[0].workspace_id)
+
+
 def _admit_after_commit(workspace_id) -> None:
     """Admit right after the commit, in this process: a Celery round trip here was most of the
     enqueue → materializing latency. Should it fail, a worker (or the sweep) does it instead."""
@@ -137,7 +152,7 @@ def _admit_after_commit(workspace_id) -> None:
 def path_run(*, path: Path, created_by=None) -> Run:
     """Queue one run of ``path``."""
     run = _new_run(path=path, batch=None, retry_of=None, created_by=created_by, created_at=timezone.now())
-    _admit_after_commit(path.workspace_id)
+    _queued_after_commit([run])
     return run
 
 
@@ -156,7 +171,7 @@ def scenario_run_all(*, scenario: Scenario, created_by=None) -> tuple[Batch, lis
         _new_run(path=path, batch=batch, retry_of=None, created_by=created_by, created_at=base + timedelta(microseconds=i))
         for i, path in enumerate(paths)
     ]
-    _admit_after_commit(scenario.workspace_id)
+    _queued_after_commit(runs)
     return batch, runs
 
 
@@ -168,7 +183,7 @@ def run_retry(*, run: Run, created_by=None) -> Run:
     if run.path is None:
         raise RunStateError("The path of this run was deleted, so it cannot be run again.")
     new = _new_run(path=run.path, batch=None, retry_of=run, created_by=created_by, created_at=timezone.now())
-    _admit_after_commit(run.workspace_id)
+    _queued_after_commit([new])
     return new
 
 
@@ -246,7 +261,9 @@ def admit_pending_runs(*, workspace_id) -> list:
         if workspace is None or workspace.queue_paused:
             return []
         active = Run.objects.filter(workspace_id=workspace_id, status=S.RUNNING)
-        free = workspace.max_parallel_runs - active.count()
+        # The operator's cap bounds what a workspace asked for before the cap was lowered.
+        limit = min(workspace.max_parallel_runs, settings.MAX_PARALLEL_RUNS_PER_WORKSPACE)
+        free = limit - active.count()
         if free <= 0:
             return []
         per_scenario = dict(active.values_list("scenario_id").annotate(n=Count("id")).order_by())

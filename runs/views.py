@@ -86,13 +86,18 @@ def run_detail(request, pk):
 
 
 def run_context(run: Run) -> dict:
+    # The page resumes its websocket from the last rows it shows, so the sequence numbers come from
+    # the very rows rendered: a turn saved between two queries would otherwise arrive twice.
+    items = selectors.transcript(run)
+    turns = [obj for kind, obj in items if kind == "turn"]
     return {
         "run": run,
         "timeline": selectors.timeline(run),
-        "items": selectors.transcript(run),
-        "last_turn_seq": max((t.seq for t in run.turns.all()), default=0),
-        "last_tool_seq": max((t.seq for t in run.tool_invocations.all()), default=0),
-        "last_latency": next((t.latency_ms for t in reversed(list(run.turns.all())) if t.latency_ms is not None), None),
+        "items": items,
+        "last_turn_seq": max((t.seq for t in turns), default=0),
+        "last_tool_seq": max((obj.seq for kind, obj in items if kind == "tool"), default=0),
+        "last_latency": next((t.latency_ms for t in sorted(turns, key=lambda t: t.seq, reverse=True)
+                              if t.latency_ms is not None), None),
     }
 
 

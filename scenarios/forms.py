@@ -14,6 +14,7 @@ from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.utils.html import format_html
 
+from assure import json_input
 from assure.admin_scoping import SecretFieldsForm
 from assure.tenancy import scoped
 from scenarios import services, validators
@@ -49,13 +50,15 @@ class JSONTextField(forms.JSONField):
         if isinstance(value, (list, dict, int, float)):
             return value
         try:
-            return json.loads(value)
+            return json_input.loads(value)
         except json.JSONDecodeError as exc:
             raise ValidationError(
                 self.error_messages["invalid_json"],
                 code="invalid_json",
                 params={"reason": f"{exc.msg} (line {exc.lineno}, column {exc.colno})"},
             ) from None
+        except json_input.JSONInputError as exc:
+            raise ValidationError(self.error_messages["invalid_json"], code="invalid_json", params={"reason": str(exc)}) from None
 
     def prepare_value(self, value):
         if isinstance(value, forms.fields.InvalidJSONInput):
@@ -215,9 +218,11 @@ class TargetHeadersForm(forms.ModelForm):
         if not text:
             return self.instance.headers or {}
         try:
-            headers = json.loads(text)
+            headers = json_input.loads(text)
         except json.JSONDecodeError as exc:
             raise ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+        except json_input.JSONInputError as exc:
+            raise ValidationError(f"Not valid JSON: {exc}.") from None
         # Here rather than only on the model, for the reason given in JSONTextField.
         validators.validate_headers(headers)
         return headers

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 
-from assure import egress
+from assure import egress, patterns
 
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
@@ -117,9 +117,11 @@ def validate_regex(pattern: Any, *, what: str = "pattern") -> None:
     if not isinstance(pattern, str) or not pattern:
         raise ValidationError(f"{what} must be a non-empty string.", code="invalid_type")
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValidationError(f"{what} is not a valid regular expression: {exc}.", code="invalid_regex") from None
+        patterns.compile_pattern(pattern)
+    except patterns.PatternError as exc:
+        if exc.unsupported:
+            raise ValidationError(f"{what}: RE2 does not support {exc.unsupported}.", code="unsupported_regex") from None
+        raise ValidationError(f"{what} is not a valid regular expression: {exc.reason}.", code="invalid_regex") from None
 
 
 def validate_jsonpath(value: str) -> None:

@@ -107,6 +107,7 @@ class FakeWebsocketBot(AiohttpServer):
 
     def __init__(self, *, greeting: str | None = "Welcome!", parts: int = 2):
         self.frames: list[dict] = []
+        self.closed = threading.Event()  # set when a session ends, whichever side closed it
 
         async def chat(request):
             ws = web.WebSocketResponse()
@@ -122,6 +123,7 @@ class FakeWebsocketBot(AiohttpServer):
                     await asyncio.sleep(0.01)
                 if "bye" in text:
                     await ws.close()
+            self.closed.set()
             return ws
 
         app = web.Application()

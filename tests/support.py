@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ class CeleryWorker:
         self.redis_url = redis_url
         command = [sys.executable, "-m", "celery", "-A", "assure", "worker", "--loglevel", "INFO",
                    "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-gossip",
-                   "--without-mingle"]
+                   "--without-mingle", "--queues", settings.WORKER_QUEUES]
         if beat:
             command += ["--beat", "--schedule", os.path.join(tempfile.mkdtemp(prefix="assure-beat-"), "schedule")]
         full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")}
@@ -134,9 +135,10 @@ class FakeTarget:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(raw or b"{}")
                 with target.lock:
-                    target.requests.append({"body": body, "headers": dict(self.headers)})
+                    target.requests.append({"body": body, "raw": raw, "headers": dict(self.headers)})
                     count = len(target.requests)
                 status, reply = target.behaviour(body.get("text", body.get("message", "")), count)
                 data = json.dumps(reply).encode() if not isinstance(reply, bytes) else reply

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from django.db import connection
 
 from assure.models import Workspace
 from runs import services
@@ -195,7 +197,16 @@ def test_a_paused_queue_keeps_new_runs_queued(page, demo):
     page.wait_for_selector("#queue-resume")
     live(page)
     mark(page)
-    run = services.path_run(path=path)
+    # Queued as a request would queue it: from a thread without an event loop (Playwright runs
+    # one in this thread), so its live push goes out.
+    def queue_run():
+        try:
+            return services.path_run(path=path)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as request_thread:
+        run = request_thread.submit(queue_run).result()
     page.wait_for_selector(f"#queue-queued #run-row-{run.pk}[data-status=pending]")
     time.sleep(2.5)  # two sweep periods: a paused queue admits nothing
     assert Run.objects.get(pk=run.pk).status == "pending"

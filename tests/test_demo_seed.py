@@ -1,7 +1,7 @@
 import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 
 from assure.models import Membership, Workspace
 from scenarios.models import Path, Scenario, Target
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 def test_seed_demo_creates_a_workspace_ready_to_run():
     call_command("seed_demo", verbosity=0)
     workspace = Workspace.objects.get(slug="demo")
-    user = authenticate(username="demo", password="demo")
+    user = authenticate(RequestFactory().post("/login/"), username="demo", password="demo")
     assert user is not None and user.is_staff
     assert Membership.objects.get(user=user).workspace == workspace
     kinds = set(Target.objects.filter(workspace=workspace).values_list("channel", "kind"))
@@ -45,5 +45,5 @@ def test_seed_demo_is_idempotent():
 def test_seed_demo_on_a_real_database_creates_no_demo_password(capsys):
     call_command("seed_demo")
     assert "without a demo user" in capsys.readouterr().out
-    assert authenticate(username="demo", password="demo") is None
+    assert authenticate(RequestFactory().post("/login/"), username="demo", password="demo") is None
     assert Workspace.objects.filter(slug="demo").exists()

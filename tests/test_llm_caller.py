@@ -9,7 +9,7 @@ import pytest
 from runs.connectors import ConnectionContext, connection_for
 from runs.engine import Clock
 from runs.llm_caller import CallerError, Function, LLMCaller
-from scenarios.sync import verify_signature
+from scenarios.sync import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.fakes import FakeOpenAI
 from tests.support import FakeTarget
 
@@ -81,6 +81,11 @@ def test_llm_caller_talks_uses_a_custom_function_and_ends_the_call():
     assert third["messages"][-1]["content"] == '{"slots": ["Tue 10am"]}'
     # The webhook call is signed like the sync probe.
     call = webhook.requests[0]
+    headers = {name.lower(): value for name, value in call["headers"].items()}
+    assert verify_signature("shh", headers[TIMESTAMP_HEADER.lower()], call["raw"], headers[SIGNATURE_HEADER.lower()],
+                            tolerance_seconds=60)
+    assert not verify_signature("another secret", headers[TIMESTAMP_HEADER.lower()], call["raw"],
+                                headers[SIGNATURE_HEADER.lower()])
     assert call["body"] == {"type": "assure.tool_call", "function": "find_slots", "arguments": {"day": "Tuesday"}, "run": "run-1"}
 
 

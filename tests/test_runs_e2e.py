@@ -4,6 +4,7 @@ Redis, the demo target on a live server, and customer bots faked on real sockets
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -12,6 +13,7 @@ from assure.services import api_token_create
 from runs.models import Run, RunEvent, Turn
 from scenarios.models import Path, Target
 from tests import factories as f
+from tests.fakes import FakeWebsocketBot
 from tests.support import CeleryWorker, FakeTarget, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -128,17 +130,20 @@ def test_cancel_a_queued_run_it_never_starts(workers, api, workspace):
 
 
 def test_cancel_a_live_run_stops_the_conversation(workers, api, workspace):
-    bot = FakeTarget(lambda message, n: (200, {"reply": f"echo {message}"}))
+    bot = FakeWebsocketBot(greeting=None, parts=1)
     try:
-        target = f.TargetFactory(workspace=workspace, url=bot.url)
+        target = f.TargetFactory(workspace=workspace, kind=Target.Kind.WEBSOCKET, url=bot.url,
+                                 request_template={}, response_path="")
         scenario = f.ScenarioFactory(workspace=workspace, target=target, criteria=[])
-        path = f.PathFactory(scenario=scenario, script=[{"say": "one"}, {"pause_ms": 30000}, {"say": "two"}])
+        # Left alone, the script says "two" 20 s in and keeps the session open until then.
+        path = f.PathFactory(scenario=scenario, script=[{"say": "one"}, {"pause_ms": 20000}, {"say": "two"}])
         run_id = api.post(f"/api/v1/paths/{path.pk}/run/").json()["id"]
         wait_for(lambda: Turn.objects.filter(run_id=run_id).count() == 2, message="the first exchange")
         assert run_of(run_id).stage == "live"
         assert api.post(f"/api/v1/runs/{run_id}/cancel/").json()["status"] == "cancelled"
-        time.sleep(3)  # the executor notices within a heartbeat and closes the session
-        assert len(bot.requests) == 1
+        # The executor notices within a heartbeat and closes the session: the bot sees it end.
+        assert bot.closed.wait(10), "the conversation went on after the cancel"
+        assert [frame["message"] for frame in bot.frames] == ["one"]
         assert Turn.objects.filter(run_id=run_id).count() == 2
         run = run_of(run_id)
         assert (run.status, run.verdict) == ("cancelled", None)
@@ -148,10 +153,12 @@ def test_cancel_a_live_run_stops_the_conversation(workers, api, workspace):
 
 def test_retry_makes_a_new_run_pointing_at_the_old_one(workers, api, workspace):
     path = demo_scenario(workspace, paths=1).paths.get()
+    api.post("/api/v1/queue/pause/")  # the run stays pending: not finished, so not retryable yet
     first = api.post(f"/api/v1/paths/{path.pk}/run/").json()["id"]
     refused = api.post(f"/api/v1/runs/{first}/retry/")
-    if run_of(first).status not in TERMINAL:
-        assert refused.status_code == 400
+    assert refused.status_code == 400 and "finished" in refused.json()["detail"]
+    assert Run.objects.filter(path=path).count() == 1
+    api.post("/api/v1/queue/resume/")
     ended(first)
     response = api.post(f"/api/v1/runs/{first}/retry/")
     assert response.status_code == 201
@@ -235,13 +242,19 @@ def test_a_conversation_past_the_cap_ends_as_duration_cap_no_progress(workers, a
     assert "10s cap" in run.failure_detail
 
 
-def test_the_sweep_admits_a_run_whose_message_was_lost(workers, workspace, monkeypatch):
-    from runs import live, services
+def test_the_sweep_dispatches_a_run_whose_message_was_lost(workers, workspace, monkeypatch):
+    from runs import dispatch, services
 
-    monkeypatch.setattr(live, "ring", lambda task, *args: None)  # every doorbell of this process is lost
+    # This process admits the run after the commit, then its message to the workers is lost.
+    monkeypatch.setattr(dispatch, "execute_runs", lambda run_ids: None)
     path = demo_scenario(workspace, paths=1).paths.get()
     run = services.path_run(path=Path.objects.select_related("scenario__agent", "scenario__target").get(pk=path.pk))
-    assert ended(run.pk).status == "completed"
+    admission = RunEvent.objects.get(run=run, to_stage="materializing")
+
+    assert ended(run.pk, 40).status == "completed"
+    # Only the sweep sends an unclaimed run again, touching admitted_at when it does.
+    resent_at = run_of(run.pk).admitted_at
+    assert resent_at >= admission.at + timedelta(seconds=services.DISPATCH_RETRY_SECONDS)
 
 
 def test_api_refuses_bad_input_and_other_workspaces(workers, api, workspace, other_workspace):

@@ -55,7 +55,8 @@ class Command(BaseCommand):
             commands = {
                 "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "assure.asgi:application"],
                 "worker": [python, "-m", "celery", "-A", "assure", "worker", "--loglevel", "INFO",
-                           "--concurrency", str(concurrency), "--hostname", f"worker-{os.getpid()}@%h"],
+                           "--concurrency", str(concurrency), "--hostname", f"worker-{os.getpid()}@%h",
+                           "--queues", settings.WORKER_QUEUES],
                 "beat": [python, "-m", "celery", "-A", "assure", "beat", "--loglevel", "INFO",
                          "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
                 # The local Twilio emulator: loopback numbers (the demo's) call through it.
