@@ -87,6 +87,17 @@ def _seq(value) -> int | None:
 
 
 class RunConsumer(LiveConsumer):
+    """Sends each turn and tool invocation once per socket, in order, without gaps.
+
+    The socket's cursors are the last sequence numbers it has sent; they start at the page's
+    first ``resume`` (pushes before it are left to the resume's read of the database). A push that
+    skips ahead (an earlier one was dropped: pushes are doorbells) and every state change bring
+    what is missing from the database, so a lost push is healed by the next one.
+    """
+
+    turn_cursor: int | None = None
+    tool_cursor: int | None = None
+
     async def workspace_id(self):
         self.run_id = str(self.scope["url_route"]["kwargs"]["pk"])
         self.groups_to_join = [f"run-{self.run_id}"]
@@ -102,29 +113,36 @@ class RunConsumer(LiveConsumer):
 
     async def resume(self, turn_seq: int, tool_seq: int) -> None:
         """Everything after the client's sequence numbers, then the run's current state."""
-        turns, tools = await database_sync_to_async(self._missing)(turn_seq, tool_seq)
+        self.turn_cursor, self.tool_cursor = turn_seq, tool_seq
+        await self.catch_up(with_state=True)
+
+    async def catch_up(self, *, with_state: bool) -> None:
+        """The rows after this socket's cursors, from the database (and the run's state)."""
+        turns, tools, state = await database_sync_to_async(self._since_cursors)(with_state)
         for turn in turns:
             await self.send_turn(turn)
         for tool in tools:
-            await self.send_json({"type": "tool", "seq": tool["seq"], "html": render_to_string("runs/partials/tool.html", {"tool": tool})})
-        await self.send_state()
+            await self.send_tool(tool)
+        if state:
+            await self.replace("run-header", state[0])
+            await self.replace("run-summary", state[1])
 
-    def _missing(self, turn_seq: int, tool_seq: int):
-        turns = list(Turn.objects.filter(run_id=self.run_id, seq__gt=turn_seq).order_by("seq").values(
+    def _since_cursors(self, with_state: bool):
+        turns = list(Turn.objects.filter(run_id=self.run_id, seq__gt=self.turn_cursor).order_by("seq").values(
             "seq", "speaker", "text", "started_ms", "latency_ms", "is_error"))
-        tools = list(ToolInvocation.objects.filter(run_id=self.run_id, seq__gt=tool_seq).order_by("seq").values(
+        tools = list(ToolInvocation.objects.filter(run_id=self.run_id, seq__gt=self.tool_cursor).order_by("seq").values(
             "seq", "name", "arguments", "result", "at_ms", "status"))
-        return turns, tools
+        return turns, tools, self._render_state() if with_state else None
 
     async def send_turn(self, turn: dict) -> None:
+        self.turn_cursor = turn["seq"]
         await self.send_json({"type": "turn", "seq": turn["seq"], "html": render_to_string("runs/partials/turn.html", {"turn": turn})})
         if turn.get("latency_ms") is not None:
             await self.send_json({"type": "latency", "ms": turn["latency_ms"]})
 
-    async def send_state(self) -> None:
-        header, summary = await database_sync_to_async(self._render_state)()
-        await self.replace("run-header", header)
-        await self.replace("run-summary", summary)
+    async def send_tool(self, tool: dict) -> None:
+        self.tool_cursor = tool["seq"]
+        await self.send_json({"type": "tool", "seq": tool["seq"], "html": render_to_string("runs/partials/tool.html", {"tool": tool})})
 
     def _render_state(self) -> tuple[str, str]:
         run = Run.objects.prefetch_related("criteria_results").get(pk=self.run_id)
@@ -133,13 +151,25 @@ class RunConsumer(LiveConsumer):
                 render_to_string("runs/partials/run_summary.html", context))
 
     async def run_turn(self, event):
-        await self.send_turn(event)
+        if self.turn_cursor is None or event["seq"] <= self.turn_cursor:
+            return  # before the page's first resume (which reads it), or already sent
+        if event["seq"] == self.turn_cursor + 1:
+            await self.send_turn(event)
+        else:
+            await self.catch_up(with_state=False)
 
     async def run_tool(self, event):
-        await self.send_json({"type": "tool", "seq": event["seq"], "html": render_to_string("runs/partials/tool.html", {"tool": event})})
+        if self.tool_cursor is None or event["seq"] <= self.tool_cursor:
+            return
+        if event["seq"] == self.tool_cursor + 1:
+            await self.send_tool(event)
+        else:
+            await self.catch_up(with_state=False)
 
     async def run_changed(self, event):
-        await self.send_state()
+        if self.turn_cursor is None:
+            return  # the page's first resume sends the state
+        await self.catch_up(with_state=True)
 
 
 class ScenarioConsumer(LiveConsumer):

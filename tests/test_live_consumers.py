@@ -4,6 +4,7 @@ import json
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
@@ -63,6 +64,46 @@ def test_resume_sends_exactly_the_missing_turns_then_live_ones(workspace, member
             "started_ms": 600, "ended_ms": 600, "latency_ms": 12, "is_error": False})
         pushed = await comm.receive_json_from(timeout=5)
         assert pushed["type"] == "turn" and pushed["seq"] == 6 and "pushed" in pushed["html"]
+        await comm.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_each_turn_reaches_the_socket_once_and_a_dropped_push_is_healed_by_the_next(workspace, member):
+    run = running_run(workspace, turns=2, tools=0)
+
+    def push(seq):
+        return get_channel_layer().group_send(f"run-{run.pk}", {
+            "type": "run.turn", "run": str(run.pk), "seq": seq, "speaker": "target", "text": f"turn {seq}",
+            "started_ms": seq * 100, "ended_ms": seq * 100, "latency_ms": None, "is_error": False})
+
+    async def turns_until_summary(comm):
+        seqs = []
+        while True:
+            message = await comm.receive_json_from(timeout=5)
+            if message["type"] == "turn":
+                seqs.append(message["seq"])
+            if message["type"] == "replace" and message["id"] == "run-summary":
+                return seqs
+
+    async def scenario():
+        comm = communicator(f"/ws/runs/{run.pk}/", member)
+        assert (await connect(comm))[0]
+        await push(2)  # before the page's resume: the resume's read of the database covers it
+        await comm.send_json_to({"type": "resume", "turn_seq": 0, "tool_seq": 0})
+        assert await turns_until_summary(comm) == [1, 2]
+        await push(2)  # the push of a turn the resume already sent
+        # Turn 3's push is lost; turns 3 and 4 are saved; 4's push brings 3 from the database.
+        await database_sync_to_async(lambda: [f.TurnFactory(run=run, seq=seq, speaker="caller", text=f"turn {seq}",
+                                                            started_ms=seq * 100) for seq in (3, 4)])()
+        await push(4)
+        assert [(await comm.receive_json_from(timeout=5))["seq"] for _ in range(2)] == [3, 4]
+        # Turn 5's push is lost too; the run's next state change brings it.
+        await database_sync_to_async(lambda: f.TurnFactory(run=run, seq=5, speaker="target", text="turn 5",
+                                                           started_ms=500))()
+        await get_channel_layer().group_send(f"run-{run.pk}", {"type": "run.changed", "run": str(run.pk)})
+        assert await turns_until_summary(comm) == [5]
+        assert await comm.receive_nothing(timeout=0.3)
         await comm.disconnect()
 
     async_to_sync(scenario)()

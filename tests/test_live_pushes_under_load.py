@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import Counter
 
 import aiohttp
 import pytest
-from django.conf import settings
 from django.test import Client
 
 from runs import services
@@ -19,18 +19,10 @@ from scenarios.models import Path, Scenario, Target
 from tests import factories as f
 from tests.support import CeleryWorker, DaphneServer, wait_for
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    # Known gap (issue "Trust and safety", live pushes): against a TCP Redis, in the full suite on
-    # PostgreSQL, the watched run's pushes never reached this socket although it stayed open; run
-    # alone it passes. Until that is understood, the burst is checked on the embedded Redis, where
-    # `make up` runs and where the idle-socket timeout was seen.
-    pytest.mark.skipif(not settings.EMBEDDED_REDIS,
-                       reason="known gap on TCP Redis under the full suite; see the module's comment"),
-]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 TERMINAL = ("completed", "failed", "cancelled")
-BURST_WORKSPACES, PATHS_EACH = 6, 25  # 150 runs, up to 120 at once
+BURST_WORKSPACES, PATHS_EACH = 25, 20  # 500 runs, all admitted at once
 QUICK = [{"say": "Hi, I'd like to book a cleaning."}, {"expect": "(?i)what day"},
          {"say": "Tuesday, please."}, {"expect": "(?i)10 ?am"}, {"end_call": True}]
 # Quiet for longer than the layer's 5 s blocking receive: the consumer must outlive idle waits.
@@ -108,16 +100,17 @@ def test_the_run_page_socket_stays_connected_through_a_burst_of_runs(product, wo
             burst += services.scenario_run_all(scenario=demo_paths(tenant, count=PATHS_EACH, script=QUICK))[1]
 
         wait_for(lambda: run_status(watched.pk) in TERMINAL, 60, message="the watched run to end")
-        # Its later turns came as live pushes, after the quiet pause, while the burst ran.
-        # Pushes queue behind the burst's own on a loaded machine: what must hold is that they all
-        # arrive on the same, still open socket (a dead consumer would never deliver them).
-        wait_for(lambda: socket.turn_seqs() == [1, 2, 3, 4] or socket.closed_with is not None, 60,
-                 message="the watched run's turns on the socket")
+        # Its later turns came as live pushes, after the quiet pause, while the burst ran. Pushes
+        # queue behind the burst's own on a loaded machine: what must hold is that they all arrive,
+        # each once and in order, on the same, still open socket (a dead consumer never would).
+        wait_for(lambda: len(socket.turn_seqs()) >= 4 or socket.closed_with is not None, 60,
+                 message="the watched run's four turns on the socket")
         assert socket.closed_with is None, f"the page's socket closed ({socket.closed_with}) during the burst"
         assert socket.turn_seqs() == [1, 2, 3, 4]
         wait_for(lambda: Run.objects.filter(pk__in=[r.pk for r in burst], status__in=TERMINAL).count() == len(burst),
-                 90, message="the burst to end")
-        assert set(Run.objects.filter(pk__in=[r.pk for r in burst]).values_list("status", flat=True)) == {"completed"}
+                 180, message="the burst to end")
+        outcomes = Counter(Run.objects.filter(pk__in=[r.pk for r in burst]).values_list("status", "failure_detail"))
+        assert set(status for status, _ in outcomes) == {"completed"}, outcomes.most_common(5)
         assert run_status(watched.pk) == "completed"
 
         # Still connected after it all: the page's resume is answered.

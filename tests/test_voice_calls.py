@@ -273,7 +273,7 @@ def test_an_inbound_run_arms_a_number_and_takes_the_targets_call(stack, api, wor
              message="the number to be released")
     if shutil.which("espeak-ng") or os.environ.get("CI"):
         # An incoming call is recorded too (started once it connected), and its audio stored.
-        call = wait_for(lambda: Call.objects.filter(pk=call.pk).exclude(recording="").first(), 20,
+        call = wait_for(lambda: Call.objects.filter(pk=call.pk).exclude(recording="").first(), 60,
                         message="the inbound call's recording to be stored")
         with call.recording.open("rb") as audio:
             assert audio.read(4) == b"RIFF"
