@@ -259,6 +259,9 @@ RUN_HEARTBEAT_SECONDS = env_int("RUN_HEARTBEAT_SECONDS", 2, minimum=1)
 RUN_HEARTBEAT_TIMEOUT_SECONDS = env_int("RUN_HEARTBEAT_TIMEOUT_SECONDS", 30, minimum=2)
 # A worker asked to stop lets its live conversations run this long before ending them as errors.
 RUN_SHUTDOWN_GRACE_SECONDS = env_int("RUN_SHUTDOWN_GRACE_SECONDS", 10, minimum=0)
+# The most conversations one worker process holds at once, whatever the workspaces' bounds add up
+# to; admitted runs beyond it wait in that process, unclaimed, or are taken by another process.
+WORKER_MAX_CONVERSATIONS = env_int("WORKER_MAX_CONVERSATIONS", 500, minimum=1, maximum=100_000)
 # Where workers reach the built-in demo target, which the web process serves.
 DEMO_TARGET_URL = env_url("DEMO_TARGET_URL", schemes=("http", "https")) or (
     f"http://127.0.0.1:{env_int('PORT', 8000, minimum=1, maximum=65535)}/demo-target/chat/"

@@ -10,6 +10,7 @@ it (``run_claim``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import threading
 import time
@@ -31,6 +32,9 @@ class ConversationHost:
     def __init__(self):
         self.loop = asyncio.new_event_loop()
         self.holder = ConversationHolder("worker")
+        # Admitted runs beyond this process's cap wait here, unclaimed: if the process dies they
+        # are still admitted-but-unclaimed, which the sweep dispatches again.
+        self.waiting: collections.deque[str] = collections.deque()
         self.pid = os.getpid()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="assure-conversations", daemon=True)
@@ -58,8 +62,23 @@ class ConversationHost:
         self.loop.call_soon_threadsafe(self._start, run_id)
 
     def _start(self, run_id: str) -> None:
-        if run_id not in self.holder.tasks:
-            self.holder.hold(run_id, execute(run_id, worker=self.holder.name, http=self.http))
+        if run_id in self.holder.tasks or run_id in self.waiting:
+            return
+        if len(self.holder.tasks) >= settings.WORKER_MAX_CONVERSATIONS:
+            self.waiting.append(run_id)
+        else:
+            self._take(run_id)
+
+    def _take(self, run_id: str) -> None:
+        task = self.holder.hold(run_id, execute(run_id, worker=self.holder.name, http=self.http))
+        # Registered after the holder's own callback, so the finished run is already forgotten.
+        task.add_done_callback(self._start_waiting)
+
+    def _start_waiting(self, _finished) -> None:
+        while self.waiting and len(self.holder.tasks) < settings.WORKER_MAX_CONVERSATIONS:
+            run_id = self.waiting.popleft()
+            if run_id not in self.holder.tasks:
+                self._take(run_id)
 
 
 _host: ConversationHost | None = None
