@@ -362,11 +362,69 @@ def _refuse_redirect_sync(response: httpx.Response) -> None:
                               "redirects are not followed)", request=response.request)
 
 
-def async_http_client(*, timeout: float) -> httpx.AsyncClient:
-    """An httpx client for the openai SDK (``http_client=``): policy-checked connections, and a
-    redirect is an error even though the SDK asks httpx to follow redirects."""
-    return httpx.AsyncClient(transport=_transport(httpx.AsyncHTTPTransport, _AsyncEgressBackend()), timeout=timeout,
-                             follow_redirects=False, trust_env=False, event_hooks={"response": [_refuse_redirect]})
+class BodyTooLarge(httpx.RequestError):
+    """A response body passed the client's byte cap; reading stopped there."""
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, cap: int, request: httpx.Request):
+        self.stream, self.cap, self.request = stream, cap, request
+
+    async def __aiter__(self):
+        size = 0
+        async for chunk in self.stream:
+            size += len(chunk)
+            if size > self.cap:
+                raise BodyTooLarge(f"{self.request.url.host} answered more than {self.cap // 1024} KB",
+                                   request=self.request)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class _CappedTransport(httpx.AsyncBaseTransport):
+    """Holds at most ``cap`` bytes of any response body (plus one chunk), whatever the server sends."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, cap: int):
+        self.transport, self.cap = transport, cap
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.transport.handle_async_request(request)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.cap:
+            await response.aclose()
+            raise BodyTooLarge(f"{request.url.host} answered more than {self.cap // 1024} KB", request=request)
+        return httpx.Response(status_code=response.status_code, headers=response.headers,
+                              stream=_CappedStream(response.stream, self.cap, request),
+                              extensions=response.extensions, request=request)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+# An LLM provider's answer is a few KB; a megabyte is already absurd.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def async_http_client(*, timeout: float, max_body_bytes: int = MAX_BODY_BYTES) -> httpx.AsyncClient:
+    """An httpx client for the openai SDK (``http_client=``): policy-checked connections, a
+    redirect is an error even though the SDK asks httpx to follow redirects, and a body over
+    ``max_body_bytes`` is ``BodyTooLarge`` (found behind the SDK's error with ``cause_in``)."""
+    transport = _CappedTransport(_transport(httpx.AsyncHTTPTransport, _AsyncEgressBackend()), max_body_bytes)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False,
+                             event_hooks={"response": [_refuse_redirect]})
+
+
+def cause_in(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The exception of type ``kind`` in ``exc``'s chain of causes, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kind):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def http_client(*, timeout: float, refuse_redirects: bool = True) -> httpx.Client:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from assure import egress
 from assure.services import api_token_create
-from runs.connectors import ConnectionContext, TargetUnreachable, connection_for
+from runs.connectors import ConnectionContext, ReplyTooLarge, TargetUnreachable, connection_for
 from runs.execution import llm_settings
 from runs.models import Run, Turn
 from scenarios import sync
@@ -295,6 +295,44 @@ def test_a_reply_over_the_byte_cap_is_an_error_not_buffered():
     finally:
         bot.close()
     assert str(caught.value) == "reply over 256 KB"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_openai_chat_reply_over_the_byte_cap_is_an_error_not_buffered(declared):
+    """An OpenAI-compatible target that answers a huge completion: the SDK's client stops reading at
+    the cap, whether the size is declared or only seen as the chunks arrive."""
+    body = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "' + b"z" * (300 * 1024) + b'"}}]}'
+
+    async def completions(request):
+        if declared:
+            response = web.Response(body=body, content_type="application/json")
+        else:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            for start in range(0, len(body), 16384):
+                await response.write(body[start:start + 16384])
+            await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    server = AiohttpServer(app)
+    target = {"channel": "chat", "kind": "openai_chat", "url": f"http://127.0.0.1:{server.port}/v1", "model": "m"}
+
+    async def send():
+        connection = connection_for(target, ConnectionContext(session_id="s", http=None))
+        try:
+            return await connection.send("hi")
+        finally:
+            await connection.close()
+
+    try:
+        with pytest.raises(ReplyTooLarge) as caught:
+            asyncio.run(send())
+    finally:
+        server.close()
+    assert str(caught.value) == "reply over 256 KB"
+    assert caught.value.permanent
 
 
 def test_a_function_result_over_the_byte_cap_is_an_error_result():

@@ -7,7 +7,9 @@ import asyncio
 import openai
 
 from assure import egress
-from runs.connectors import TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, failure, register
+from runs.connectors import (
+    MAX_REPLY_BYTES, TURN_TIMEOUT_SECONDS, ConnectorError, Reply, ReplyTooLarge, TargetConnection, failure, register,
+)
 
 
 class OpenAIChatConnection(TargetConnection):
@@ -19,7 +21,7 @@ class OpenAIChatConnection(TargetConnection):
         self.client = openai.AsyncOpenAI(
             base_url=target["url"], api_key=api_key, default_headers=headers or None,
             timeout=TURN_TIMEOUT_SECONDS, max_retries=0,
-            http_client=egress.async_http_client(timeout=TURN_TIMEOUT_SECONDS),
+            http_client=egress.async_http_client(timeout=TURN_TIMEOUT_SECONDS, max_body_bytes=MAX_REPLY_BYTES),
         )
         self.messages: list[dict] = []
 
@@ -35,6 +37,8 @@ class OpenAIChatConnection(TargetConnection):
             raise failure(first_exchange=first,
                           message=f"{self.target['url']} did not answer within {TURN_TIMEOUT_SECONDS:.0f}s") from None
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            if egress.cause_in(exc, egress.BodyTooLarge):
+                raise ReplyTooLarge() from None
             refusal = egress.refusal_in(exc)
             raise failure(first_exchange=first, cause=exc,
                           message=str(refusal) if refusal else f"could not reach {self.target['url']}: {exc}") from None
