@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 
 from assure.secrets import EncryptedTextField
+from assure.validators import validate_http_url
 
 
 class WorkspaceQuerySet(models.QuerySet):
@@ -87,7 +88,7 @@ class Workspace(models.Model):
         default=False, help_text="A paused queue admits no new runs; live runs go on."
     )
     webhook_url = models.URLField(
-        blank=True, help_text="Receives a signed JSON POST when a run completes."
+        blank=True, validators=[validate_http_url], help_text="Receives a signed JSON POST when a run completes."
     )
     webhook_secret = EncryptedTextField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

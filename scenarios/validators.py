@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 
-from assure import egress, patterns
+from assure import patterns
+from assure.validators import validate_http_url, validate_ws_url  # noqa: F401  (migrations name them here)
 
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
@@ -42,36 +42,6 @@ def validate_e164_list(value: Any) -> None:
             raise ValidationError(f"number {index}: {exc.messages[0]}", code="invalid_e164") from None
     if len(set(value)) != len(value):
         raise ValidationError("Each number may appear only once.", code="duplicate")
-
-
-def _validate_url(value: str, schemes: tuple[str, ...]) -> None:
-    scheme = urlsplit(value or "").scheme
-    if scheme not in schemes:
-        raise ValidationError(
-            f"Must be a URL starting with {' or '.join(s + '://' for s in schemes)}.", code="invalid_url"
-        )
-    # Not Django's URLValidator: it wants a dotted domain, and targets often live at hosts like
-    # http://bot:8080 on a private network.
-    try:
-        parts = urlsplit(value)
-        parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValidationError(f"Not a valid URL: {exc}.", code="invalid_url") from None
-    if not parts.hostname or any(c.isspace() for c in value):
-        raise ValidationError("Not a valid URL: it needs a host name and no spaces.", code="invalid_url")
-    # Only what needs no DNS lookup (a literal address, localhost): names are checked at run time,
-    # when the connection is made to the address that was checked.
-    refusal = egress.static_refusal(value)
-    if refusal is not None:
-        raise ValidationError(f"This URL is {refusal}.", code="egress_blocked")
-
-
-def validate_http_url(value: str) -> None:
-    _validate_url(value, ("http", "https"))
-
-
-def validate_ws_url(value: str) -> None:
-    _validate_url(value, ("ws", "wss"))
 
 
 def validate_json_object(value: Any) -> None:

@@ -155,6 +155,30 @@ def test_a_target_or_function_pointed_at_the_metadata_address_is_refused_when_sa
 
 
 @pytest.mark.django_db
+def test_the_workspace_webhook_pointed_at_the_metadata_address_is_refused_when_saved(api, workspace, member_client):
+    response = api.patch("/api/v1/workspace/", {"webhook_url": "http://169.254.169.254/latest/meta-data/"},
+                         content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "blocked by the egress policy" in json.dumps(response.json())
+    workspace.refresh_from_db()
+    assert workspace.webhook_url == ""
+
+    page = member_client.get(f"/admin/assure/workspace/{workspace.pk}/change/")
+    assert page.status_code == 200
+    form = page.context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None and not isinstance(value, list)}
+    data.update({"webhook_url": "http://[fe80::1]/hook", "name": workspace.name, "slug": workspace.slug})
+    refused = member_client.post(f"/admin/assure/workspace/{workspace.pk}/change/", data)
+    assert refused.status_code == 200 and "link-local" in refused.content.decode()
+    workspace.refresh_from_db()
+    assert workspace.webhook_url == ""
+
+    accepted = api.patch("/api/v1/workspace/", {"webhook_url": "https://hooks.example.com/assure"},
+                         content_type="application/json")
+    assert accepted.status_code == 200 and accepted.json()["webhook_url"] == "https://hooks.example.com/assure"
+
+
+@pytest.mark.django_db
 def test_localhost_is_refused_when_saved_on_a_deployment_and_accepted_on_the_embedded_default(
     api, workspace, settings
 ):
