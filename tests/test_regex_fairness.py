@@ -1,0 +1,120 @@
+"""A tenant's regex cannot stall other tenants' conversations: `(a+)+$` against a long reply that
+ends in "!" backtracks for ages in a backtracking engine; matched with RE2 it is linear. Other
+conversations on the same worker process are witnessed by their bot, which measures the gap between
+sending each reply and receiving the caller's next message."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from runs import services
+from runs.models import Run
+from scenarios.models import Target
+from tests import factories as f
+from tests.support import CeleryWorker, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HOSTILE_REPLY = "a" * 19_000 + "!"
+WITNESS_EXCHANGES = 8
+# Platform gaps are tens of milliseconds; a backtracking `(a+)+$` over 19,000 characters would hold
+# the worker's loop for far longer than the age of the universe. The bound only tells the two apart.
+GAP_BOUND_SECONDS = 3.0
+
+
+class GapWitness:
+    """A chat bot over HTTP that thinks 100 ms per reply and records, per session, the time from its
+    reply leaving to the next message arriving."""
+
+    def __init__(self):
+        self.gaps: list[float] = []
+        self.replied_at: dict[str, float] = {}
+        self.lock = threading.Lock()
+        witness = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                arrived, session = time.monotonic(), body.get("session", "")
+                with witness.lock:
+                    if session in witness.replied_at:
+                        witness.gaps.append(arrived - witness.replied_at.pop(session))
+                if body.get("text", "").startswith("hostile"):
+                    text = HOSTILE_REPLY
+                else:
+                    time.sleep(0.1)
+                    text = "Noted, go on."
+                data = json.dumps({"reply": text}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+                with witness.lock:
+                    witness.replied_at[session] = time.monotonic()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/chat"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def bot():
+    witness = GapWitness()
+    yield witness
+    witness.close()
+
+
+@pytest.fixture
+def worker(django_db_blocker, test_redis_url):
+    with django_db_blocker.unblock():
+        started = CeleryWorker(redis_url=test_redis_url, name="regex", beat=True, concurrency=1)
+    yield started
+    started.stop()
+
+
+def test_a_catastrophic_pattern_leaves_other_conversations_on_time(bot, worker, workspace):
+    workspace.max_parallel_runs = 20
+    workspace.save()
+    target = f.TargetFactory(workspace=workspace, kind=Target.Kind.HTTP_JSON, url=bot.url,
+                             request_template={"text": "{{message}}", "session": "{{session_id}}"},
+                             response_path="$.reply")
+    witnesses = f.ScenarioFactory(workspace=workspace, target=target, criteria=[])
+    script = []
+    for i in range(WITNESS_EXCHANGES):
+        script += [{"say": f"Point {i}."}, {"expect": "(?i)noted"}]
+    for i in range(4):
+        f.PathFactory(scenario=witnesses, name=f"witness {i}", script=script + [{"end_call": True}])
+    hostile = f.ScenarioFactory(workspace=workspace, target=target, criteria=[
+        {"name": f"Only a's {i}", "kind": "regex", "speaker": "target", "pattern": "(a+)+$"} for i in range(5)])
+    f.PathFactory(scenario=hostile, name="hostile", script=[
+        {"say": "hostile one"}, {"expect": "(a+)+$"}, {"say": "hostile two"}, {"end_call": True}])
+
+    runs = services.scenario_run_all(scenario=witnesses)[1] + services.scenario_run_all(scenario=hostile)[1]
+    wait_for(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status__in=["completed", "failed", "cancelled"])
+             .count() == len(runs), 90, message="every run to end")
+
+    statuses = dict(Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("path__name", "status"))
+    assert set(statuses.values()) == {"completed"}, statuses
+    hostile_run = Run.objects.get(pk=runs[-1].pk)
+    assert hostile_run.verdict == "failed"  # the reply ends in "!": `(a+)+$` does not match, and says so
+    assert set(hostile_run.criteria_results.values_list("outcome", flat=True)) == {"failed"}
+    # Every witness exchange after the first was measured, none held up.
+    assert len(bot.gaps) >= 4 * (WITNESS_EXCHANGES - 1)
+    assert max(bot.gaps) < GAP_BOUND_SECONDS, sorted(bot.gaps)[-5:]
