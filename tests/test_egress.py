@@ -359,6 +359,44 @@ def test_an_openai_chat_reply_over_the_byte_cap_is_an_error_not_buffered(declare
     assert caught.value.permanent
 
 
+def test_cookies_a_bot_sets_come_back_within_its_run_and_never_with_another():
+    """One jar per run: a bot that keeps its conversation in a cookie gets it back on every message
+    of that run; another run on the same shared session (another workspace's) never sees it."""
+    seen = []
+
+    async def chat(request):
+        body = await request.json()
+        seen.append((body["session"], request.cookies.get("conversation")))
+        response = web.json_response({"reply": "ok"})
+        if "conversation" not in request.cookies:
+            response.set_cookie("conversation", f"c-{body['session']}", path="/")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/chat", chat)
+    server = AiohttpServer(app)
+    target = {"channel": "chat", "kind": "http_json", "url": f"http://127.0.0.1:{server.port}/chat",
+              "request_template": {"text": "{{message}}", "session": "{{session_id}}"}, "response_path": "$.reply"}
+
+    async def converse():
+        session = egress.client_session()
+        try:
+            first = connection_for(target, ConnectionContext(session_id="one", http=session))
+            second = connection_for(target, ConnectionContext(session_id="two", http=session))
+            for connection in (first, second, first, second):
+                await connection.send("hello")
+            for connection in (first, second):
+                await connection.close()
+        finally:
+            await session.close()
+
+    try:
+        asyncio.run(converse())
+    finally:
+        server.close()
+    assert seen == [("one", None), ("two", None), ("one", "c-one"), ("two", "c-two")]
+
+
 def test_a_function_result_over_the_byte_cap_is_an_error_result():
     from runs.llm_caller import Function, LLMCaller
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import aiohttp
+import yarl
 
 from runs.connectors import (
     TURN_TIMEOUT_SECONDS, ConnectorError, Reply, TargetConnection, compiled_path, extract, failure,
@@ -19,6 +20,10 @@ class HttpJsonConnection(TargetConnection):
     def __init__(self, target, context):
         super().__init__(target, context)
         self.exchanges = 0
+        # The worker's HTTP session is shared by every conversation and keeps no cookies; a bot that
+        # keeps its conversation in a cookie gets it back from this jar, which lives and dies with
+        # the run. ``unsafe``: bots are often reached by IP address.
+        self.cookies = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
 
     @property
     def url(self) -> str:
@@ -33,8 +38,10 @@ class HttpJsonConnection(TargetConnection):
             # conversation past it.
             async with self.context.http.post(
                 self.url, json=body, headers=self.context.secrets, allow_redirects=False,
+                cookies=self.cookies.filter_cookies(yarl.URL(self.url)),
                 timeout=aiohttp.ClientTimeout(total=TURN_TIMEOUT_SECONDS),
             ) as response:
+                self.cookies.update_cookies(response.cookies, response.url)
                 status = response.status
                 if 300 <= status < 400:
                     raise failure(first_exchange=first, message=f"{self.url} answered HTTP {status} (a redirect; "
