@@ -84,6 +84,15 @@ class ChannelDriver(ABC):
         """The run ended (cancelled, failed, completed): release what it holds outside the database
         (hang up its call, free its number). Runs in a Celery worker; idempotent."""
 
+    def never_attached(self, run_id: str, *, direction: str, window) -> tuple[str, str]:
+        """Why a run that waited for its conversation to attach never got one: (failure reason,
+        detail). The sweep asks once ``attach_by`` has passed."""
+        if direction == "inbound":
+            return (Run.FailureReason.INBOUND_TIMEOUT,
+                    f"No call arrived on the reserved number within the scenario's {window}s window.")
+        return (Run.FailureReason.TARGET_UNREACHABLE,
+                "The call was never answered, and the telephony provider did not say why.")
+
 
 class ChatDriver(ChannelDriver):
     """A chat session opens and the whole conversation runs right here."""

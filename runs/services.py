@@ -354,15 +354,17 @@ def sweep() -> dict:
             if run_fail(run_id=run_id, reason=Run.FailureReason.DURATION_CAP_NO_PROGRESS,
                         detail=f"The conversation was still going after the agent's {cap}s cap."):
                 counts["capped"] += 1
-    for run_id, direction, window in Run.objects.filter(
+    from runs.execution import driver_for  # not at the top: execution imports this module
+    from runs.failures import PlatformError
+
+    for run_id, channel, direction, window in Run.objects.filter(
         status=S.RUNNING, stage=G.LIVE, worker="", attach_by__lt=now
-    ).values_list("id", "snapshot__scenario__direction", "snapshot__scenario__inbound_window_seconds"):
-        if direction == "inbound":
-            reason, detail = Run.FailureReason.INBOUND_TIMEOUT, (
-                f"No call arrived on the reserved number within the scenario's {window}s window.")
-        else:
-            reason, detail = Run.FailureReason.TARGET_UNREACHABLE, (
-                "The call was never answered, and the telephony provider did not say why.")
+    ).values_list("id", "snapshot__scenario__channel", "snapshot__scenario__direction",
+                  "snapshot__scenario__inbound_window_seconds"):
+        try:
+            reason, detail = driver_for(channel).never_attached(str(run_id), direction=direction, window=window)
+        except PlatformError as exc:  # no driver for the channel in this process
+            reason, detail = exc.reason, exc.detail
         if run_fail(run_id=run_id, reason=reason, detail=detail):
             counts["unanswered"] += 1
     return counts

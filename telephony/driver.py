@@ -81,3 +81,14 @@ class VoiceDriver(ChannelDriver):
 
     def stop(self, run_id: str) -> None:
         services.call_hang_up(run_id=run_id)
+
+    def never_attached(self, run_id: str, *, direction: str, window) -> tuple[str, str]:
+        answered = services.call_answered(run_id=run_id)
+        if answered:
+            # The far end picked up (or called in) and the provider opened the call, but the relay
+            # websocket never reached us: the provider cannot reach PUBLIC_BASE_URL.
+            return (PlatformError.reason,
+                    f"The call was {answered} but its conversation never reached this deployment: check that "
+                    f"PUBLIC_BASE_URL ({settings.PUBLIC_BASE_URL or 'unset'}) is reachable from the telephony "
+                    "provider, websockets included.")
+        return super().never_attached(run_id, direction=direction, window=window)

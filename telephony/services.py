@@ -166,6 +166,17 @@ def call_arm_inbound(*, run_id, snapshot: dict) -> tuple[Call, str] | None:
     return call, provider
 
 
+def call_answered(*, run_id) -> str:
+    """How far the run's call got before its conversation should have begun: "answered" (an
+    outbound call picked up), "taken" (an inbound call arrived on the number), or ""."""
+    call = Call.objects.filter(run_id=run_id).only("direction", "answered_at", "sid").first()
+    if call is None:
+        return ""
+    if call.direction == Call.Direction.INBOUND:
+        return "taken" if call.sid else ""
+    return "answered" if call.answered_at else ""
+
+
 def numbers_release(*, run_id) -> None:
     PhoneNumber.objects.filter(reserved_by=run_id).update(reserved_by=None, reserved_until=None)
 

@@ -389,6 +389,19 @@ def test_a_call_held_by_a_daphne_that_dies_fails_as_error_after_the_heartbeat_ti
         stack.restart_web()
 
 
+def test_an_answered_call_whose_conversation_never_connects_fails_naming_the_public_url(stack, twilio, api, workspace):
+    to = new_number()
+    run_id = start(api, phone_path(workspace, to=to))
+    call = placed_call(twilio, run_id, to)
+    # Answered, but the relay websocket never reaches us (Twilio cannot reach PUBLIC_BASE_URL).
+    answer = twilio.call_back(call.status_callback, twilio.status_fields(call, "in-progress", 2))
+    assert answer.status_code == 204, answer.text
+    run = ended(run_id, timeout=RING_SECONDS + ANSWER_GRACE_SECONDS + 15)
+    assert (run.status, run.failure_reason) == ("failed", "error")
+    assert "answered but its conversation never reached this deployment" in run.failure_detail
+    assert "PUBLIC_BASE_URL" in run.failure_detail
+
+
 def test_a_call_twilio_never_reports_on_fails_as_unreachable_once_ring_and_grace_pass(stack, twilio, api, workspace):
     to = new_number()
     run_id = start(api, phone_path(workspace, to=to))
