@@ -90,9 +90,10 @@ class RunConsumer(LiveConsumer):
     """Sends each turn and tool invocation once per socket, in order, without gaps.
 
     The socket's cursors are the last sequence numbers it has sent; they start at the page's
-    first ``resume`` (pushes before it are left to the resume's read of the database). A push that
-    skips ahead (an earlier one was dropped: pushes are doorbells) and every state change bring
-    what is missing from the database, so a lost push is healed by the next one.
+    first ``resume`` (rows pushed before it are left to the resume's read of the database; state
+    changes are sent regardless). A push that skips ahead (an earlier one was dropped: pushes are
+    doorbells) and every state change bring what is missing from the database, so a lost push is
+    healed by the next one.
     """
 
     turn_cursor: int | None = None
@@ -128,10 +129,12 @@ class RunConsumer(LiveConsumer):
             await self.replace("run-summary", state[1])
 
     def _since_cursors(self, with_state: bool):
-        turns = list(Turn.objects.filter(run_id=self.run_id, seq__gt=self.turn_cursor).order_by("seq").values(
-            "seq", "speaker", "text", "started_ms", "latency_ms", "is_error"))
-        tools = list(ToolInvocation.objects.filter(run_id=self.run_id, seq__gt=self.tool_cursor).order_by("seq").values(
-            "seq", "name", "arguments", "result", "at_ms", "status"))
+        turns = tools = []
+        if self.turn_cursor is not None:  # before the page's first resume its position is unknown
+            turns = list(Turn.objects.filter(run_id=self.run_id, seq__gt=self.turn_cursor).order_by("seq").values(
+                "seq", "speaker", "text", "started_ms", "latency_ms", "is_error"))
+            tools = list(ToolInvocation.objects.filter(run_id=self.run_id, seq__gt=self.tool_cursor).order_by("seq")
+                         .values("seq", "name", "arguments", "result", "at_ms", "status"))
         return turns, tools, self._render_state() if with_state else None
 
     async def send_turn(self, turn: dict) -> None:
@@ -167,8 +170,6 @@ class RunConsumer(LiveConsumer):
             await self.catch_up(with_state=False)
 
     async def run_changed(self, event):
-        if self.turn_cursor is None:
-            return  # the page's first resume sends the state
         await self.catch_up(with_state=True)
 
 
