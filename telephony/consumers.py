@@ -26,7 +26,6 @@ from runs.execution import attach, converse_attached
 from runs.holder import holder_for_this_loop
 from runs.live import publish_from_loop
 from runs.recorder import DbRecorder, db
-from telephony import services
 from telephony.models import Call
 from telephony.providers import TelephonyError, provider_for
 from telephony.relay import RelayConnection
@@ -117,9 +116,6 @@ class RelayConsumer(AsyncWebsocketConsumer):
             await self._refuse(f"run {run_id} is not waiting for a call")
             return
         await db(_call_connected, run_id, sid=str(message.get("callSid") or "")[:64])
-        if prepared.direction == "inbound":
-            # Slow provider I/O in a thread, off this loop; the conversation does not wait for it.
-            asyncio.ensure_future(asyncio.to_thread(services.inbound_recording_start, run_id=run_id))
         recorder = DbRecorder(run_id)
         self.connection = RelayConnection(send_json=self._send_json, recorder=recorder)
         holder.hold(run_id, self._converse(prepared, recorder))

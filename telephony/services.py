@@ -395,15 +395,3 @@ def phone_number_delete(*, phone_number: PhoneNumber) -> None:
         current = PhoneNumber.objects.filter(pk=phone_number.pk).first()
         if current is not None:
             raise NumberHeld(run=holding_run(current), doing="deleted")
-
-
-def inbound_recording_start(*, run_id) -> None:
-    """An incoming call's conversation connected: record it like an outbound call (which asks at
-    dialling). A provider refusal costs the audio, never the run."""
-    call = Call.objects.filter(run_id=run_id, direction=Call.Direction.INBOUND).exclude(sid=None).first()
-    if call is None:
-        return
-    try:
-        provider_for(call.provider).start_recording(call.sid, run_id=str(run_id))
-    except TelephonyError as exc:
-        logger.warning("could not start recording inbound call %s of run %s: %s", call.sid, run_id, exc)

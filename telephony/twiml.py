@@ -19,8 +19,15 @@ RELAY_DEFAULTS = {
 }
 
 
-def relay_twiml(*, relay_url: str, action_url: str, run_id: str, agent: dict) -> str:
+def relay_twiml(*, relay_url: str, action_url: str, run_id: str, agent: dict, recording_callback: str | None = None) -> str:
+    """Connect the call to our relay. With ``recording_callback`` (an incoming call, which no
+    call-creation option records), ``<Start><Recording>`` records both channels from the first
+    moment, before the conversation: a short call cannot end before its recording has begun."""
     response = Element("Response")
+    if recording_callback:
+        start = SubElement(response, "Start")
+        SubElement(start, "Recording", channels="dual", recordingStatusCallback=recording_callback,
+                   recordingStatusCallbackEvent="completed")
     connect = SubElement(response, "Connect", action=action_url)
     attributes = {"url": relay_url, "language": agent.get("language") or "en-US",
                   "ttsProvider": agent.get("voice_provider") or "ElevenLabs", **RELAY_DEFAULTS}

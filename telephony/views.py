@@ -100,5 +100,6 @@ def incoming_call(request, provider):
     if run is None:
         return HttpResponse(hang_up_twiml("This number is not expecting a call right now. Goodbye."), content_type=TWIML)
     twiml = relay_twiml(relay_url=provider.relay_url(), action_url=provider.webhook_url("connect", run=str(run.pk)),
-                        run_id=str(run.pk), agent=run.snapshot["agent"])
+                        run_id=str(run.pk), agent=run.snapshot["agent"],
+                        recording_callback=provider.webhook_url("recording", run=str(run.pk)))
     return HttpResponse(twiml, content_type=TWIML)

@@ -269,6 +269,9 @@ def test_an_inbound_run_arms_a_number_and_takes_the_targets_call(stack, api, wor
     assert (witness["direction"], witness["to"]) == ("inbound", number.number)
     # We picked up, so we speak first.
     assert conversation(witness)[0] == ("we said", "Hi, is this Brightsmile Dental?"), conversation(witness)
+    # Recorded from the moment we answered (<Start><Recording>), not from a request racing the call's end.
+    events = [entry["event"] for entry in witness["timeline"]]
+    assert events.index("recording:started") == events.index("twiml:relay") + 1, events
     wait_for(lambda: PhoneNumber.objects.filter(pk=number.pk, reserved_by__isnull=True).exists(), 10,
              message="the number to be released")
     if shutil.which("espeak-ng") or os.environ.get("CI"):

@@ -112,7 +112,7 @@ from telephony.loopback.calls import (
 )
 from telephony.loopback.far_ends import FarEnd
 from telephony.loopback.relay import RelaySession, SessionOutcome, WORD_SECONDS, MIN_UTTERANCE_SECONDS
-from telephony.loopback.twiml import PlainTwiml, RelaySettings, TwimlError, parse_twiml
+from telephony.loopback.twiml import PlainTwiml, RecordingStart, RelaySettings, TwimlError, parse_twiml
 from telephony.loopback.webhooks import CallbackQueue, WebhookAnswer, WebhookClient
 
 __all__ = ["Destination", "LoopbackTwilio"]
@@ -402,14 +402,21 @@ class LoopbackTwilio:
         form = await request.post()
         if call.is_terminal or call.answered_at is None:
             raise _BadRequest(21220, "The call is not in progress, so it cannot be recorded")
-        call.options = dataclasses.replace(
-            call.options, record=True, recording_status_callback=_http_url(form, "RecordingStatusCallback"),
-            recording_status_callback_method=_method(form, "RecordingStatusCallbackMethod"))
-        call.record("recording:started")
+        self._record_from_now(call, RecordingStart(status_callback=_http_url(form, "RecordingStatusCallback"),
+                                                   status_callback_method=_method(form, "RecordingStatusCallbackMethod")))
         return web.json_response({
             "sid": new_sid("RE"), "account_sid": call.account_sid, "call_sid": call.sid, "status": "in-progress",
             "channels": 2, "source": "StartCallRecordingAPI", "date_created": rfc2822(utc_now()),
         }, status=201)
+
+    @staticmethod
+    def _record_from_now(call: SimulatedCall, recording: RecordingStart) -> None:
+        """Record the call (made when it ends, like any other) and report to the callback."""
+        call.options = dataclasses.replace(
+            call.options, record=True, recording_status_callback=recording.status_callback,
+            recording_status_callback_method=recording.status_callback_method,
+            recording_status_callback_events=recording.status_callback_events)
+        call.record("recording:started")
 
     async def _fetch_recording(self, request: web.Request) -> web.StreamResponse:
         match = RECORDING_NAME_RE.match(request.match_info["recording"])
@@ -579,6 +586,8 @@ class LoopbackTwilio:
             await self._play_plain(call, instructions)
             return
         call.record("twiml:relay", url=instructions.url)
+        if instructions.recording is not None:
+            self._record_from_now(call, instructions.recording)
         try:
             far_end = far_end_factory()
         except Exception:

@@ -5,7 +5,8 @@ voice webhook. Two shapes matter:
 
 - ``<Response><Connect action="…"><ConversationRelay url="ws(s)://…" …><Parameter …/>
   </ConversationRelay></Connect></Response>``: the call is handed to a ConversationRelay session
-  (``RelaySettings``).
+  (``RelaySettings``). A ``<Start><Recording …/></Start>`` before it records the call from that
+  moment (``RecordingStart``).
 - anything else (``<Say>``, ``<Pause>``, ``<Hangup>``, ``<Reject>``, …): ``PlainTwiml``, which the
   emulator plays briefly and then ends the call.
 
@@ -63,6 +64,16 @@ class RelaySettings:
     speaker_events: bool = False
     tokens_played: bool = False
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    recording: RecordingStart | None = None
+
+
+@dataclass(frozen=True)
+class RecordingStart:
+    """A ``<Start><Recording>``: record the call from now on, reported to ``status_callback``."""
+
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    status_callback_events: frozenset[str] = frozenset({"completed"})
 
 
 @dataclass(frozen=True)
@@ -86,10 +97,12 @@ def parse_twiml(document: str, *, document_url: str | None = None) -> RelaySetti
     if root.tag != "Response":
         raise TwimlError(f"TwiML root must be <Response>, not <{root.tag}>")
 
-    for connect in root.iter("Connect"):
-        relay = connect.find("ConversationRelay")
-        if relay is not None:
-            return _relay_settings(connect, relay, document_url)
+    recording = None
+    for verb in root:
+        if verb.tag == "Connect" and verb.find("ConversationRelay") is not None:
+            return _relay_settings(verb, verb.find("ConversationRelay"), document_url, recording)
+        if verb.tag == "Start" and verb.find("Recording") is not None:
+            recording = _recording_start(verb.find("Recording"), document_url)
     return PlainTwiml([(verb.tag, dict(verb.attrib), (verb.text or "").strip()) for verb in root])
 
 
@@ -106,8 +119,22 @@ def voice_problem(provider: str, voice: str) -> str | None:
     return f"Invalid voice '{voice}' for provider {canonical} (64106)"
 
 
+def _recording_start(element: ElementTree.Element, document_url: str | None) -> RecordingStart:
+    callback = element.get("recordingStatusCallback") or None
+    if callback is not None:
+        if document_url:
+            callback = urljoin(document_url, callback)
+        if urlsplit(callback).scheme not in ("http", "https"):
+            raise TwimlError(f"Recording recordingStatusCallback must be an http(s) URL, not {callback!r}")
+    events = (element.get("recordingStatusCallbackEvent") or "completed").replace(",", " ").split()
+    return RecordingStart(status_callback=callback,
+                          status_callback_method=(element.get("recordingStatusCallbackMethod") or "POST").upper(),
+                          status_callback_events=frozenset(events))
+
+
 def _relay_settings(
-    connect: ElementTree.Element, relay: ElementTree.Element, document_url: str | None
+    connect: ElementTree.Element, relay: ElementTree.Element, document_url: str | None,
+    recording: RecordingStart | None = None,
 ) -> RelaySettings:
     attributes = relay.attrib
     url = attributes.get("url", "")
@@ -145,6 +172,7 @@ def _relay_settings(
         speaker_events="speaker-events" in events,
         tokens_played="tokens-played" in events,
         custom_parameters=parameters,
+        recording=recording,
     )
 
 

@@ -95,18 +95,6 @@ class TwilioProvider:
         except Exception as exc:
             raise TelephonyError(f"could not reach the telephony provider at {self.api_url}: {exc}") from None
 
-    def start_recording(self, sid: str, *, run_id: str) -> None:
-        """Record a call in progress, both channels: an incoming call has no ``record`` option."""
-        try:
-            self.client.calls(sid).recordings.create(
-                recording_channels="dual", recording_status_callback=self.webhook_url("recording", run=run_id),
-                recording_status_callback_event=["completed"],
-            )
-        except TwilioRestException as exc:
-            raise TelephonyError(_words(exc), code=exc.code) from None
-        except Exception as exc:
-            raise TelephonyError(f"could not reach the telephony provider at {self.api_url}: {exc}") from None
-
     def download_recording(self, url: str) -> bytes:
         """The recording's WAV, fetched with the account's credentials; only from the provider's API."""
         if not url.startswith(("https://api.twilio.com/", self.api_url.rstrip("/") + "/")):
