@@ -85,3 +85,16 @@ def test_redis_url(tmp_path_factory, worker_id):
     yield url
     if server is not None:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer(test_redis_url):
+    """Each test gets its own Channels layer object. The layer keeps process-wide receive state (a
+    lock and a count, bound to the event loop that created them); tests drive consumers from a new
+    loop each time (``async_to_sync``), and a loop that closed mid-receive must not leave that
+    state to the next test. Daphne has one loop for its lifetime, so this concerns tests only."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()

@@ -125,8 +125,10 @@ def test_unauthenticated_and_other_workspace_connections_are_refused(workspace, 
             comm = communicator(path, user)
             connected, code = await connect(comm)
             assert not connected and code == 4403, path
+            await comm.disconnect()
         comm = communicator("/ws/queue/", AnonymousUser())
         assert not (await connect(comm))[0]
+        await comm.disconnect()
 
     async_to_sync(scenario)()
 
@@ -140,9 +142,11 @@ def test_the_full_asgi_stack_refuses_a_browser_without_a_session_or_from_another
         comm = WebsocketCommunicator(application, f"/ws/runs/{run.pk}/", headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")])
         connected, code = await comm.connect(timeout=5)
         assert not connected and code == 4403
+        await comm.disconnect()
         comm = WebsocketCommunicator(application, f"/ws/runs/{run.pk}/", headers=[(b"origin", b"http://evil.example"), (b"host", b"127.0.0.1")])
         connected, _ = await comm.connect(timeout=5)
         assert not connected
+        await comm.disconnect()
 
     async_to_sync(scenario)()
 
