@@ -1,7 +1,8 @@
 """The egress policy: where the platform may connect on a tenant's behalf.
 
 Every outbound connection to a URL a tenant typed (chat targets, agent LLM endpoints, custom
-functions and their probes, the completion webhook) is made by a client from this module:
+functions and their probes, the completion webhooks, schedules' Slack webhooks) is made by a client
+from this module:
 
 - ``client_session()`` for aiohttp: an ``EgressResolver`` resolves each host once and keeps only
   the addresses the policy allows, so the connection uses exactly the checked addresses (no DNS

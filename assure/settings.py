@@ -241,7 +241,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # and with it the conversations its loop holds.
 BACKGROUND_QUEUE = "background"
 BACKGROUND_TASKS = ("scenarios.tasks.sync_function", "scenarios.tasks.resync_stale_functions",
-                    "runs.tasks.notify_run_finished", "telephony.tasks.download_recording")
+                    "runs.tasks.notify_run_finished", "telephony.tasks.download_recording",
+                    "runs.tasks.notify_batch_finished", "runs.tasks.post_batch_to_slack")
 CELERY_TASK_ROUTES = {name: {"queue": BACKGROUND_QUEUE} for name in BACKGROUND_TASKS}
 CELERY_TASK_ANNOTATIONS = {name: {"soft_time_limit": 120} for name in BACKGROUND_TASKS}
 WORKER_QUEUES = f"celery,{BACKGROUND_QUEUE}"
@@ -251,6 +252,10 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-runs": {"task": "runs.tasks.sweep_runs", "schedule": float(env_int("RUN_SWEEP_SECONDS", 2, minimum=1))},
     # Functions left pending by a lost sync message.
     "resync-stale-functions": {"task": "scenarios.tasks.resync_stale_functions", "schedule": 30.0},
+    # Schedules whose due time has come queue their batch (runs/schedules.py). On the default queue,
+    # like the sweep: a backlog of slow customer webhooks on `background` must not make them late.
+    "fire-due-schedules": {"task": "runs.tasks.fire_due_schedules",
+                           "schedule": float(env_int("SCHEDULE_TICK_SECONDS", 30, minimum=1, maximum=300))},
 }
 
 # Run execution: executors mark their runs alive this often; a run silent for the timeout is
@@ -308,6 +313,11 @@ def _throttle_rate(value: str) -> str | None:
 
 
 API_THROTTLE_RATE = _throttle_rate(env_str("API_THROTTLE_RATE", "600/min"))
+
+# Files per multipart request: the Botium import takes up to 500 (scenarios.portable.MAX_BOTIUM_FILES;
+# a test keeps the two in step). One more lets the view itself answer "at most 500" as JSON; Django's
+# default (100) would refuse 101-500 files with an HTML 400.
+DATA_UPLOAD_MAX_NUMBER_FILES = 501
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -368,6 +378,9 @@ LOOPBACK_SPEECH_SCALE = env_float("LOOPBACK_SPEECH_SCALE", 1.0, minimum=0.001, m
 LLM_BASE_URL = env_url("LLM_BASE_URL", schemes=("https", "http"))
 LLM_API_KEY = env_str("LLM_API_KEY")
 LLM_MODEL = env_str("LLM_MODEL", "gpt-4o-mini")
+# An LLM judge silent this long (per read; twice this for its whole answer) gives the criterion
+# `error`, and the run the verdict `inconclusive`.
+LLM_JUDGE_TIMEOUT_SECONDS = env_float("LLM_JUDGE_TIMEOUT_SECONDS", 60.0, minimum=0.1, maximum=600.0)
 
 # No workspace runs more than MAX_PARALLEL_RUNS_PER_WORKSPACE at once, whatever it asks for: the
 # operator's bound on what one tenant can take of the workers.
@@ -381,4 +394,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # httpx logs every request's full URL at INFO: a Slack webhook's path, or a token in a query,
+    # is a secret (runs/notify.py names such URLs by their host only).
+    "loggers": {"httpx": {"level": "WARNING"}},
 }

@@ -8,7 +8,7 @@ the admin, and only operators (superusers) delete them.
 from django.contrib import admin
 
 from assure.admin_scoping import WorkspaceScopedMixin, change_link, changelist_link, pretty_json
-from runs.models import Batch, CriterionResult, Run, RunEvent, ToolInvocation, Turn
+from runs.models import Batch, CriterionResult, Run, RunEvent, ScheduleFiring, ToolInvocation, Turn
 
 
 class RecordAdminMixin:
@@ -60,11 +60,11 @@ class RunLinkMixin:
 
 @admin.register(Batch)
 class BatchAdmin(RecordAdminMixin, WorkspaceScopedMixin, admin.ModelAdmin):
-    list_display = ["__str__", "workspace", "scenario_link", "created_by", "created_at", "runs"]
+    list_display = ["__str__", "workspace", "scenario_link", "created_by", "created_at", "repeat", "finished_at", "runs"]
     list_filter = [("workspace", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["scenario__name"]
     list_select_related = ["workspace", "scenario", "created_by"]
-    fields = readonly_fields = ["workspace", "scenario_link", "created_by", "created_at", "runs"]
+    fields = readonly_fields = ["workspace", "scenario_link", "created_by", "created_at", "repeat", "finished_at", "runs"]
 
     @admin.display(description="scenario", ordering="scenario__name")
     def scenario_link(self, obj):
@@ -91,7 +91,8 @@ class RunAdmin(RecordAdminMixin, WorkspaceScopedMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     fieldsets = [
         (None, {"fields": [
-            "workspace", "scenario_link", "path_link", "batch_link", "retry_of_link", "retries", "created_by",
+            "workspace", "scenario_link", "path_link", "batch_link", "retry_of_link", "auto_retry", "retries",
+            "created_by",
         ]}),
         ("State", {"fields": [
             "status", "stage", "verdict", "failure_reason", "failure_detail", "failure_help",
@@ -163,7 +164,8 @@ class CriterionResultAdmin(RunLinkMixin, RecordAdminMixin, WorkspaceScopedMixin,
     list_filter = [("run__workspace", admin.RelatedOnlyFieldListFilter), "outcome", "kind"]
     search_fields = ["name", "rationale"]
     list_select_related = ["run"]
-    fields = readonly_fields = ["run_link", "position", "name", "kind", "outcome", "rationale", "evidence"]
+    fields = readonly_fields = ["run_link", "position", "name", "kind", "outcome", "rationale", "evidence",
+                                "judge_prompt", "judge_answer"]
 
 
 @admin.register(RunEvent)
@@ -173,3 +175,22 @@ class RunEventAdmin(RunLinkMixin, RecordAdminMixin, WorkspaceScopedMixin, admin.
     search_fields = ["detail"]
     list_select_related = ["run"]
     fields = readonly_fields = ["run_link", "at", "from_status", "to_status", "from_stage", "to_stage", "detail"]
+
+
+@admin.register(ScheduleFiring)
+class ScheduleFiringAdmin(RecordAdminMixin, WorkspaceScopedMixin, admin.ModelAdmin):
+    """What each due time of a schedule queued: written by the beat task only."""
+
+    list_display = ["__str__", "schedule_link", "due_at", "fired_at", "batch_link", "detail"]
+    list_filter = [("schedule__workspace", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["schedule__scenario__name", "detail"]
+    list_select_related = ["schedule__scenario", "batch"]
+    fields = readonly_fields = ["schedule_link", "due_at", "fired_at", "batch_link", "detail"]
+
+    @admin.display(description="schedule")
+    def schedule_link(self, obj):
+        return change_link(obj.schedule)
+
+    @admin.display(description="batch")
+    def batch_link(self, obj):
+        return change_link(obj.batch)

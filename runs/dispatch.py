@@ -28,5 +28,13 @@ def notify_run_finished(run_id) -> None:
     ring(tasks.notify_run_finished, str(run_id))
 
 
+def notify_batch_finished(batch_id) -> None:
+    ring(tasks.notify_batch_finished, str(batch_id))
+
+
+def post_batch_to_slack(batch_id) -> None:
+    ring(tasks.post_batch_to_slack, str(batch_id))
+
+
 def stop_run(run_id) -> None:
     ring(tasks.stop_run, str(run_id))

@@ -31,6 +31,7 @@ class Outcome:
     duration_ms: int = 0
     expectation_failures: list[str] = field(default_factory=list)
     target_errors: list[str] = field(default_factory=list)
+    caller_tokens: dict | None = None  # an LLM caller's {"prompt": n, "completion": n}
 
 
 class Clock:

@@ -1,8 +1,9 @@
 """Success criteria: deterministic checks over the transcript, and the LLM judge.
 
 Each criterion gives ``passed``, ``failed`` or ``error`` with a rationale and the turns it relied
-on. A judge that cannot be reached gives ``error``, never a silent pass. The verdict: any failed
-criterion → failed; otherwise any error → inconclusive; otherwise passed.
+on. A judge that cannot be reached, does not answer in time, answers other than the JSON object
+asked for, or cites a turn that does not exist gives ``error``, never a silent pass. The verdict:
+any failed criterion → failed; otherwise any error → inconclusive; otherwise passed.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from dataclasses import dataclass, field
+
+import openai
+from django.conf import settings
 
 from assure import egress, patterns
 
@@ -23,6 +26,9 @@ class Result:
     outcome: str  # passed | failed | error
     rationale: str
     evidence: list[int] = field(default_factory=list)
+    judge_prompt: str = ""  # llm_judge: the exact prompt sent
+    judge_answer: str = ""  # llm_judge: the model's raw answer
+    tokens: dict | None = None  # llm_judge: {"prompt": n, "completion": n}
 
 
 def percentile(values: list[int], p: float) -> int | None:
@@ -111,7 +117,7 @@ def check(criterion: dict, *, turns: list[dict], tools: list[dict], ended_by: st
 JUDGE_PROMPT = """You judge a conversation between a simulated caller and an AI agent (the "target").
 Decide whether this rule holds: {rule}
 
-Answer with a JSON object only: {{"verdict": "pass" or "fail", "rationale": "one or two sentences", "evidence": [turn numbers you relied on]}}.
+Answer with a JSON object only, with exactly these keys: {{"verdict": "pass" or "fail", "rationale": "one or two sentences", "evidence": [the numbers of the turns you relied on]}}.
 
 Transcript (turn number, speaker, text):
 {transcript}
@@ -119,14 +125,83 @@ Transcript (turn number, speaker, text):
 Tool invocations:
 {tools}"""
 
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"type": "string", "enum": ["pass", "fail"]},
+        "rationale": {"type": "string"},
+        "evidence": {"type": "array", "items": {"type": "integer"}},
+    },
+    "required": ["verdict", "rationale", "evidence"],
+    "additionalProperties": False,
+}
 
-JUDGE_TIMEOUT_SECONDS = 60.0
+# What the judge is asked to answer in, best first: a strict JSON schema, any JSON object, or the
+# prompt's instructions alone. Providers that do not support a format answer 400 to it.
+RESPONSE_FORMATS: tuple[dict | None, ...] = (
+    {"type": "json_schema", "json_schema": {"name": "judgement", "strict": True, "schema": JUDGE_SCHEMA}},
+    {"type": "json_object"},
+    None,
+)
+
+# The format each endpoint (base URL and model: support differs per model) last answered to, for the
+# life of the process, so a provider without JSON schemas costs one refused request, not one a judge.
+_format_for_endpoint: dict[tuple[str, str], int] = {}
+
+
+class UnreadableJudgement(ValueError):
+    """The judge's answer is not a judgement in the form asked for; the message says how."""
+
+
+def _unfenced(text: str) -> str:
+    """The answer without one enclosing Markdown code fence, which models answering without a
+    response format often add around the JSON they were asked for. Nothing else is stripped."""
+    text = text.strip()
+    if text.startswith("```") and text.endswith("```") and "\n" in text:
+        return text[text.index("\n") + 1:-3].strip()
+    return text
+
+
+def read_judgement(content: str) -> tuple[str, str, list[int]]:
+    """(verdict, rationale, evidence) of an answer that is exactly the JSON object asked for."""
+    try:
+        answer = json.loads(_unfenced(content))
+    except ValueError:
+        raise UnreadableJudgement("it is not a JSON object") from None
+    if not isinstance(answer, dict):
+        raise UnreadableJudgement("it is not a JSON object")
+    if set(answer) != set(JUDGE_SCHEMA["required"]):
+        raise UnreadableJudgement(f"it has the keys {sorted(answer)}, not verdict, rationale and evidence")
+    verdict, rationale, evidence = answer["verdict"], answer["rationale"], answer["evidence"]
+    if verdict not in ("pass", "fail"):
+        raise UnreadableJudgement(f"its verdict is {verdict!r}, not \"pass\" or \"fail\"")
+    if not isinstance(rationale, str):
+        raise UnreadableJudgement("its rationale is not a string")
+    if not isinstance(evidence, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in evidence):
+        raise UnreadableJudgement("its evidence is not a list of turn numbers")
+    return verdict, rationale, list(dict.fromkeys(evidence))
+
+
+def _tokens(usage) -> dict:
+    return {"prompt": getattr(usage, "prompt_tokens", 0) or 0,
+            "completion": getattr(usage, "completion_tokens", 0) or 0}
+
+
+def add_tokens(total: dict, more: dict | None) -> dict:
+    for key in ("prompt", "completion"):
+        total[key] = total.get(key, 0) + ((more or {}).get(key) or 0)
+    return total
 
 
 async def judge(criterion: dict, *, turns: list[dict], tools: list[dict], llm: dict) -> Result:
-    """An ``llm_judge`` criterion, asked of an OpenAI-compatible endpoint."""
-    import openai
+    """An ``llm_judge`` criterion, asked of an OpenAI-compatible endpoint.
 
+    Steps: ask in the best response format the endpoint accepts (falling back on a 400, and
+    remembering what worked); read the answer strictly as the JSON object asked for; check that
+    every turn it cites exists. Anything else (no answer in time, an unreadable answer, a cited
+    turn that does not exist) is ``error``, never a pass. The prompt, the raw answer and the
+    tokens used go with the result.
+    """
     name, kind = criterion["name"], criterion["kind"]
     if not llm.get("base_url"):
         return Result(name, kind, "error",
@@ -134,38 +209,70 @@ async def judge(criterion: dict, *, turns: list[dict], tools: list[dict], llm: d
                       "on the server, or an LLM endpoint on the agent.")
     transcript = "\n".join(f"{t['seq']}. {t['speaker']}: {t['text']}" for t in turns) or "(no turns)"
     tool_lines = "\n".join(f"- {c['name']} {json.dumps(c['arguments'])}" for c in tools) or "(none)"
+    prompt = JUDGE_PROMPT.format(rule=criterion["rule"], transcript=transcript, tools=tool_lines)
+    timeout = settings.LLM_JUDGE_TIMEOUT_SECONDS
+    tokens = {"prompt": 0, "completion": 0}
+
+    def result(outcome: str, rationale: str, evidence=(), answer: str = "") -> Result:
+        return Result(name, kind, outcome, rationale, list(evidence), judge_prompt=prompt, judge_answer=answer,
+                      tokens=tokens)
+
+    endpoint = (llm["base_url"].rstrip("/"), llm.get("model") or "")
     client = openai.AsyncOpenAI(base_url=llm["base_url"], api_key=llm.get("api_key") or "not-needed",
-                                timeout=JUDGE_TIMEOUT_SECONDS, max_retries=1,
-                                http_client=egress.async_http_client(timeout=JUDGE_TIMEOUT_SECONDS))
+                                timeout=timeout, max_retries=1, http_client=egress.async_http_client(timeout=timeout))
+
+    async def ask() -> str:
+        level = _format_for_endpoint.get(endpoint, 0)
+        while True:
+            response_format = RESPONSE_FORMATS[level]
+            try:
+                completion = await client.chat.completions.create(
+                    model=llm["model"], temperature=0, seed=7, messages=[{"role": "user", "content": prompt}],
+                    **({"response_format": response_format} if response_format else {}),
+                )
+            except openai.BadRequestError:
+                if level + 1 == len(RESPONSE_FORMATS):
+                    raise
+                level += 1  # this format is not supported here: ask again in the next one
+                continue
+            # Remembered only once a format worked: a 400 for another reason changes nothing.
+            _format_for_endpoint[endpoint] = level
+            add_tokens(tokens, _tokens(completion.usage))
+            if not completion.choices:
+                return ""
+            return completion.choices[0].message.content or ""
+
     try:
-        # httpx's timeout is per read; the deadline bounds the whole answer (a slow drip).
-        completion = await asyncio.wait_for(client.chat.completions.create(
-            model=llm["model"], temperature=0, seed=7,
-            messages=[{"role": "user", "content": JUDGE_PROMPT.format(rule=criterion["rule"], transcript=transcript, tools=tool_lines)}],
-        ), 2 * JUDGE_TIMEOUT_SECONDS)
-        content = completion.choices[0].message.content or ""
-    except asyncio.TimeoutError:
-        return Result(name, kind, "error", f"The LLM judge did not answer within {2 * JUDGE_TIMEOUT_SECONDS:.0f}s.")
+        # httpx's timeout is per read; the deadline bounds the whole answer (a slow drip, retries).
+        content = await asyncio.wait_for(ask(), 2 * timeout)
+    except (asyncio.TimeoutError, openai.APITimeoutError):
+        return result("error", f"The LLM judge did not answer within {2 * timeout:g}s.")
     except openai.OpenAIError as exc:
         refusal = egress.refusal_in(exc)
-        return Result(name, kind, "error", f"The LLM judge could not be reached: {refusal or exc}")
+        return result("error", f"The LLM judge could not be reached: {refusal or exc}")
     finally:
         await client.close()
-    match = re.search(r"\{.*\}", content, re.S)
     try:
-        answer = json.loads(match.group(0) if match else content)
-        verdict = answer["verdict"].lower()
-        if verdict not in ("pass", "fail"):
-            raise ValueError(verdict)
-    except (ValueError, KeyError, AttributeError, TypeError):
-        return Result(name, kind, "error", f"The LLM judge's answer could not be read: {content[:300]!r}")
-    evidence = [int(x) for x in answer.get("evidence", []) if str(x).isdigit()]
-    return Result(name, kind, "passed" if verdict == "pass" else "failed", str(answer.get("rationale", "")), evidence)
+        verdict, rationale, evidence = read_judgement(content)
+    except UnreadableJudgement as exc:
+        return result("error", f"The LLM judge's answer could not be read: {exc}.", answer=content)
+    seqs = [t["seq"] for t in turns]
+    existing = set(seqs)
+    missing = [n for n in evidence if n not in existing]
+    if missing:
+        has = f"turns {seqs[0]}–{seqs[-1]}" if seqs else "no turns"
+        return result("error", f"The LLM judge cited turn{'s' if len(missing) > 1 else ''} "
+                               f"{', '.join(map(str, missing))}, which the transcript does not have (it has {has}), "
+                               f"so its {verdict} cannot be trusted. It said: {rationale}",
+                      [n for n in evidence if n not in missing], answer=content)
+    return result("passed" if verdict == "pass" else "failed", rationale, evidence, answer=content)
 
 
 async def evaluate(criteria: list[dict], *, turns: list[dict], tools: list[dict], ended_by: str,
-                   duration_ms: int, expectation_failures: list[str], scripted: bool, llm: dict) -> tuple[list[Result], str, dict]:
-    """All criteria of a run; returns (results, verdict, metrics)."""
+                   duration_ms: int, expectation_failures: list[str], scripted: bool, llm: dict,
+                   caller_tokens: dict | None = None) -> tuple[list[Result], str, dict]:
+    """All criteria of a run; returns (results, verdict, metrics). The metrics count the tokens the
+    caller (``caller_tokens``) and the judge used."""
     metrics = metrics_of(turns, duration_ms)
     results: list[Result] = []
     if scripted:
@@ -178,6 +285,10 @@ async def evaluate(criteria: list[dict], *, turns: list[dict], tools: list[dict]
             results.append(await judge(criterion, turns=turns, tools=tools, llm=llm))
         else:
             results.append(check(criterion, turns=turns, tools=tools, ended_by=ended_by, metrics=metrics))
+    judge_tokens = {"prompt": 0, "completion": 0}
+    for judged in results:
+        add_tokens(judge_tokens, judged.tokens)
+    metrics["tokens"] = {"caller": add_tokens({"prompt": 0, "completion": 0}, caller_tokens), "judge": judge_tokens}
     outcomes = {r.outcome for r in results}
     verdict = "failed" if "failed" in outcomes else "inconclusive" if ("error" in outcomes or not results) else "passed"
     return results, verdict, metrics

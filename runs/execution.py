@@ -33,7 +33,7 @@ from runs.evaluation import evaluate
 from runs.failures import DurationCapReached, PlatformError, RunFailure, TargetUnreachableFailure, ToolSyncPending
 from runs.llm_caller import CallerError, Function, LLMCaller
 from runs.models import CriterionResult, Run, ToolInvocation, Turn
-from runs.recorder import DbRecorder, db
+from runs.recorder import DbRecorder, capped_text, db
 from scenarios.models import Target, url_origin
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,8 @@ def _save_results(run_id, results) -> None:
         CriterionResult.objects.filter(run_id=run_id).delete()
         CriterionResult.objects.bulk_create([
             CriterionResult(run_id=run_id, position=i, name=r.name, kind=r.kind, outcome=r.outcome,
-                            rationale=r.rationale, evidence=r.evidence)
+                            rationale=r.rationale, evidence=r.evidence,
+                            judge_prompt=capped_text(r.judge_prompt), judge_answer=capped_text(r.judge_answer))
             for i, r in enumerate(results)
         ])
 
@@ -277,6 +278,7 @@ async def finalize(prepared: PreparedRun, outcome: Outcome) -> None:
     results, verdict, metrics = await evaluate(
         prepared.criteria, turns=turns, tools=tools, ended_by=outcome.ended_by, duration_ms=outcome.duration_ms,
         expectation_failures=outcome.expectation_failures, scripted=bool(prepared.script), llm=prepared.llm,
+        caller_tokens=outcome.caller_tokens,
     )
     await db(_save_results, prepared.run_id, results)
     await db(services.run_complete, run_id=prepared.run_id, verdict=verdict, metrics=metrics)

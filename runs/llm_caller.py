@@ -43,6 +43,11 @@ BUILTIN_TOOLS = [
 ]
 
 
+# Endpoints that answered 400 to ``stream_options`` (not every OpenAI-compatible server knows it):
+# their streamed answers go uncounted rather than unasked.
+_no_stream_usage: set[str] = set()
+
+
 class CallerError(Exception):
     """The LLM behind the caller could not be used; the message says what to check."""
 
@@ -68,6 +73,7 @@ class LLMCaller:
         self.client = openai.AsyncOpenAI(base_url=llm["base_url"], api_key=llm.get("api_key") or "not-needed",
                                          timeout=60, max_retries=1, http_client=egress.async_http_client(timeout=60))
         self.functions = {f.name: f for f in functions}
+        self.tokens = {"prompt": 0, "completion": 0}  # used so far, from each answer's usage
         self.http = http
         self.run_id = run_id
         keypad = "To press phone keys, call press_digit." if channel == "voice" else ""
@@ -79,7 +85,7 @@ class LLMCaller:
         ]
 
     async def converse(self, connection: TargetConnection, recorder: Recorder, clock: Clock) -> Outcome:
-        outcome = Outcome()
+        outcome = Outcome(caller_tokens=self.tokens)
         try:
             greeting = await connection.open()
             if greeting is not None:
@@ -164,15 +170,14 @@ class LLMCaller:
                 completion = await self.client.chat.completions.create(
                     model=self.llm["model"], messages=self.messages, tools=self.tools, seed=SEED, temperature=0.7,
                 )
+                self._count(completion.usage)
                 if not completion.choices:
                     raise CallerError(f"The LLM at {self.llm['base_url']} returned no message.")
                 return completion.choices[0].message
-            stream = await self.client.chat.completions.create(
-                model=self.llm["model"], messages=self.messages, tools=self.tools, seed=SEED, temperature=0.7,
-                stream=True,
-            )
+            stream = await self._stream()
             content, calls = [], {}
             async for chunk in stream:
+                self._count(chunk.usage)  # the last chunk, with no choices, carries the usage
                 if not chunk.choices:
                     continue
                 delta = chunk.choices[0].delta
@@ -192,6 +197,25 @@ class LLMCaller:
             SimpleNamespace(id=c["id"], function=SimpleNamespace(name=c["name"], arguments=c["arguments"]))
             for _, c in sorted(calls.items())
         ] or None)
+
+    async def _stream(self):
+        """A streamed answer, with its usage asked for where the endpoint accepts that."""
+        base_url = self.llm["base_url"]
+        request = dict(model=self.llm["model"], messages=self.messages, tools=self.tools, seed=SEED, temperature=0.7,
+                       stream=True)
+        if base_url in _no_stream_usage:
+            return await self.client.chat.completions.create(**request)
+        try:
+            return await self.client.chat.completions.create(**request, stream_options={"include_usage": True})
+        except openai.BadRequestError:
+            stream = await self.client.chat.completions.create(**request)
+            _no_stream_usage.add(base_url)  # only once asking without it worked: the 400 was about it
+            return stream
+
+    def _count(self, usage) -> None:
+        if usage is not None:
+            self.tokens["prompt"] += usage.prompt_tokens or 0
+            self.tokens["completion"] += usage.completion_tokens or 0
 
     def _tool_result(self, call_id: str, result) -> None:
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)})

@@ -10,16 +10,31 @@ from assure.models import WorkspaceOwned, WorkspaceQuerySet
 
 
 class Batch(WorkspaceOwned):
-    """The runs of one "Run all paths"."""
+    """The runs of one "Run all paths", or of one path run more than once: every repetition of
+    every path it ran (``runs.batches`` reads pass@k, flakiness and latency from them)."""
+
+    MAX_REPEAT = 100
 
     scenario = models.ForeignKey("scenarios.Scenario", null=True, on_delete=models.SET_NULL, related_name="batches")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    repeat = models.PositiveSmallIntegerField(default=1, help_text="Runs of each path in this batch (1–100).")
+    finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its last run ended; set once (runs.services.batch_finish).")
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "batches"
+        indexes = [
+            # A scenario's batches, newest first: its page, the trend, "the previous batch".
+            models.Index(fields=["scenario", "-created_at"], name="batch_scenario_latest"),
+            # The sweep looks for batches whose last run ended unnoticed: few are ever unfinished.
+            models.Index(fields=["created_at"], condition=models.Q(finished_at__isnull=True), name="batch_unfinished"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(repeat__gte=1, repeat__lte=100), name="batch_repeat_1_to_100"),
+        ]
 
     def __str__(self) -> str:
         return f"Batch {str(self.id)[:8]} of {self.scenario or 'a deleted scenario'}"
@@ -84,6 +99,9 @@ class Run(WorkspaceOwned):
     path = models.ForeignKey("scenarios.Path", null=True, on_delete=models.SET_NULL, related_name="runs")
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    auto_retry = models.BooleanField(
+        default=False, help_text="Re-queued automatically: the worker of the run it retries was lost before the "
+                                 "conversation began.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     stage = models.CharField(max_length=15, choices=Stage.choices, default=Stage.QUEUED)
     failure_reason = models.CharField(max_length=30, choices=FailureReason.choices, blank=True)
@@ -232,6 +250,8 @@ class CriterionResult(RunChild):
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     rationale = models.TextField(blank=True)
     evidence = models.JSONField(default=list, blank=True, help_text="Sequence numbers of the turns relied on.")
+    judge_prompt = models.TextField(blank=True, help_text="The exact prompt sent to the LLM judge (bounded).")
+    judge_answer = models.TextField(blank=True, help_text="The judge model's raw answer (bounded).")
 
     class Meta:
         ordering = ["run", "position"]
@@ -263,3 +283,28 @@ class RunEvent(RunChild):
         return f"{self.from_stage or '∅'} → {self.to_stage} at {self.at:%H:%M:%S.%f}"
 
 
+
+
+class ScheduleFiring(models.Model):
+    """One due time of a schedule, fired: unique per (schedule, due time), so a due time queues at
+    most one batch however many beat processes see it (``runs/schedules.py``). It is how a batch
+    knows its schedule, and a schedule its batches: the schedule itself (``scenarios``) knows no run."""
+
+    workspace_path = "schedule__workspace"
+
+    schedule = models.ForeignKey("scenarios.Schedule", on_delete=models.CASCADE, related_name="firings")
+    due_at = models.DateTimeField()
+    fired_at = models.DateTimeField()
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="schedule_firings")
+    detail = models.TextField(blank=True, help_text="Why no batch was queued, when none was.")
+
+    objects = WorkspaceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["schedule", "due_at"], name="schedule_firing_once_per_due_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} due {self.due_at:%Y-%m-%d %H:%M}"

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from assure.models import Workspace
 from assure.tenancy import scoped
-from runs.models import TERMINAL_STATUSES, CriterionResult, Run, ToolInvocation, Turn
+from runs.models import TERMINAL_STATUSES, Batch, CriterionResult, Run, ScheduleFiring, ToolInvocation, Turn
 
 RECENT_WINDOW = timedelta(hours=1)
 RECENT_LIMIT = 50
@@ -87,3 +87,37 @@ def results_for(workspace, *, scenario=None, verdict=None, status=None) -> Query
     if status:
         runs = runs.filter(status=status)
     return runs
+
+
+def schedules_of_batches(batch_ids) -> dict:
+    """{batch id: the schedule whose firing queued it} for those of ``batch_ids`` a schedule queued:
+    the one way to find a batch's schedule (its ``ScheduleFiring``)."""
+    firings = (ScheduleFiring.objects.filter(batch_id__in=list(batch_ids)).order_by()
+               .select_related("schedule__scenario"))
+    return {firing.batch_id: firing.schedule for firing in firings}
+
+
+def schedule_of(batch: Batch):
+    """The schedule whose firing queued ``batch``, or None."""
+    return schedules_of_batches([batch.pk]).get(batch.pk)
+
+
+def last_batches_of(schedule_ids) -> dict:
+    """{schedule id: the batch its latest firing queued}, for schedules that queued one."""
+    firings = (ScheduleFiring.objects.filter(schedule_id__in=list(schedule_ids), batch__isnull=False)
+               .order_by("schedule_id", "-due_at").select_related("batch"))
+    latest = {}
+    for firing in firings:
+        latest.setdefault(firing.schedule_id, firing.batch)
+    return latest
+
+
+def previous_scheduled_batch(batch: Batch, schedule) -> Batch | None:
+    """The batch ``schedule`` queued before ``batch``, of the same scenario (a schedule moved to
+    another scenario compares nothing across them): what a scheduled batch is compared with."""
+    firing = (
+        ScheduleFiring.objects.filter(schedule=schedule, batch__isnull=False, batch__scenario_id=batch.scenario_id,
+                                      batch__created_at__lt=batch.created_at)
+        .select_related("batch").order_by("-batch__created_at").first()
+    )
+    return firing.batch if firing else None

@@ -12,12 +12,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Exists, OuterRef
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from assure.models import Workspace
-from runs import dispatch
+from runs import dispatch, notify
 from runs.models import TERMINAL_STATUSES, Batch, Run, RunEvent
 from scenarios.models import Path, Scenario
 
@@ -66,14 +66,39 @@ def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: 
 
 def _after_terminal(run_id, *, was_running: bool) -> None:
     """A slot freed up: admit the next runs of the workspace; send the completion webhook; a voice
-    run that got as far as its call releases it (hang up, free the number) through its driver."""
-    workspace_id, webhook_url, channel = Run.objects.filter(pk=run_id).values_list(
-        "workspace_id", "workspace__webhook_url", "snapshot__scenario__channel").first()
+    run that got as far as its call releases it (hang up, free the number) through its driver; the
+    last run of a batch to end finishes the batch."""
+    workspace_id, webhook_url, channel, batch_id = Run.objects.filter(pk=run_id).values_list(
+        "workspace_id", "workspace__webhook_url", "snapshot__scenario__channel", "batch_id").first()
     _admit_after_commit(workspace_id)
+    if batch_id is not None:
+        transaction.on_commit(lambda: _finish_batch_after_commit(batch_id))
     if webhook_url:
         transaction.on_commit(lambda: dispatch.notify_run_finished(run_id))
     if was_running and channel == "voice":
         transaction.on_commit(lambda: dispatch.stop_run(run_id))
+
+
+def _finish_batch_after_commit(batch_id) -> None:
+    # After the commit: of two runs of a batch ending at once in two transactions, a check made
+    # inside each could see the other still running, and neither would finish the batch.
+    try:
+        batch_finish(batch_id=batch_id)
+    except Exception:  # the run's end is committed; the sweep finishes the batch instead
+        logger.warning("could not finish batch %s; the sweep will", batch_id, exc_info=True)
+
+
+def batch_finish(*, batch_id) -> bool:
+    """Mark the batch finished if every run of it has ended. Exactly one caller ever wins (the
+    process that ended its last run, or the sweep): ``finished_at`` is set by a conditional update,
+    and only the winner rings the ``batch.finished`` hook, once that is committed."""
+    unended = Run.objects.filter(batch_id=OuterRef("pk")).exclude(status__in=TERMINAL_STATUSES)
+    won = Batch.objects.filter(pk=batch_id, finished_at__isnull=True).exclude(Exists(unended)).update(
+        finished_at=timezone.now()) == 1
+    if won:
+        batch = Batch.objects.select_related("scenario").get(pk=batch_id)
+        transaction.on_commit(lambda: notify.batch_finished(batch), robust=True)
+    return won
 
 
 def snapshot_of(path: Path) -> dict:
@@ -156,23 +181,53 @@ def path_run(*, path: Path, created_by=None) -> Run:
     return run
 
 
+def _batch_enqueue(*, scenario: Scenario, paths: list[Path], repeat: int, created_by) -> tuple[Batch, list[Run]]:
+    """Queue ``repeat`` runs of each of ``paths`` as one batch.
+
+    Steps: check ``repeat``; create the batch; take each path's snapshot once (every repetition
+    runs the very same snapshot, which is what makes their verdicts comparable); lay the runs out in
+    rounds (every path once, then every path again…) with consecutive creation times, so a bounded
+    queue gives each path its first result early; insert runs and their first events in bulk (up
+    to 100 paths × 100 repeats); announce the last round, then admit.
+    """
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= Batch.MAX_REPEAT:
+        raise RunStateError(f"Repeat must be a whole number from 1 to {Batch.MAX_REPEAT}.")
+    user = created_by if getattr(created_by, "pk", None) else None
+    batch = Batch.objects.create(workspace_id=scenario.workspace_id, scenario=scenario, created_by=user, repeat=repeat)
+    snapshots = {path.pk: snapshot_of(path) for path in paths}
+    base = timezone.now()
+    runs = []
+    for _ in range(repeat):
+        for path in paths:
+            runs.append(Run(
+                workspace_id=scenario.workspace_id, scenario=scenario, path=path, batch=batch,
+                snapshot=snapshots[path.pk], created_by=user, created_at=base + timedelta(microseconds=len(runs)),
+            ))
+    Run.objects.bulk_create(runs, batch_size=500)
+    RunEvent.objects.bulk_create([
+        RunEvent(run_id=run.pk, at=run.created_at, from_status="", to_status=S.PENDING, from_stage="", to_stage=G.QUEUED)
+        for run in runs
+    ], batch_size=500)
+    # Pages show each path's newest run and the batch's counts: the last round's pushes refresh
+    # both, where a push per run of a 100 × 100 batch would only repeat them.
+    _queued_after_commit(runs[-len(paths):])
+    return batch, runs
+
+
 @transaction.atomic
-def scenario_run_all(*, scenario: Scenario, created_by=None) -> tuple[Batch, list[Run]]:
-    """Queue every path of ``scenario`` as one batch, in path order."""
+def path_run_repeated(*, path: Path, repeat: int, created_by=None) -> tuple[Batch, list[Run]]:
+    """Queue ``repeat`` runs of ``path`` as one batch (a single run needs no batch: ``path_run``)."""
+    return _batch_enqueue(scenario=path.scenario, paths=[path], repeat=repeat, created_by=created_by)
+
+
+@transaction.atomic
+def scenario_run_all(*, scenario: Scenario, created_by=None, repeat: int = 1) -> tuple[Batch, list[Run]]:
+    """Queue every path of ``scenario``, ``repeat`` times each, as one batch, in path order. (A
+    schedule's batch is linked to the schedule by its ``ScheduleFiring``, ``runs/schedules.py``.)"""
     paths = list(scenario.paths.select_related("scenario__agent", "scenario__target").order_by("created_at", "name"))
     if not paths:
         raise RunStateError("This scenario has no paths yet: add a path, then run it.")
-    batch = Batch.objects.create(
-        workspace_id=scenario.workspace_id, scenario=scenario,
-        created_by=created_by if getattr(created_by, "pk", None) else None,
-    )
-    base = timezone.now()
-    runs = [
-        _new_run(path=path, batch=batch, retry_of=None, created_by=created_by, created_at=base + timedelta(microseconds=i))
-        for i, path in enumerate(paths)
-    ]
-    _queued_after_commit(runs)
-    return batch, runs
+    return _batch_enqueue(scenario=scenario, paths=paths, repeat=repeat, created_by=created_by)
 
 
 @transaction.atomic
@@ -211,6 +266,49 @@ def run_fail(*, run_id, reason: str, detail: str) -> bool:
                        ended_at=timezone.now()):
             return True
     return False
+
+
+AUTO_RETRY_DETAIL = "automatic retry: the worker was lost before the conversation began"
+
+
+def run_lose(*, run_id, worker: str) -> tuple[bool, Run | None]:
+    """End a running run whose holder stopped heartbeating as ``failed / error``; returns (whether
+    this call ended it, the automatic retry it queued or None).
+
+    A run lost before its conversation began is re-queued once, automatically, since nothing of it
+    happened and anyone would retry it by hand. Before the conversation began means still
+    ``materializing``: both drivers take a run live before a word is sent or a call is dialled.
+    The retry is a new run of the same snapshot (what was queued, not the path as edited since), in
+    the same batch, linked by ``retry_of`` and marked ``auto_retry``. Never more than once per
+    original run: an automatic retry that is lost in turn stays failed. Every other lost run stays
+    as it ended.
+
+    Steps, in one transaction: read the run; if it may be retried, fail it with a conditional
+    update guarded on ``materializing`` (two sweeps racing: one wins, one retry) and queue the
+    retry; otherwise, or when it went live meanwhile, fail it as any lost run.
+    """
+    detail = f"The worker executing this run ({worker}) stopped responding."
+    with transaction.atomic():
+        run = Run.objects.filter(pk=run_id, status=S.RUNNING, stage=G.MATERIALIZING).order_by().first()
+        retriable = (run is not None and not run.auto_retry and run.path_id is not None
+                     and run.scenario_id is not None)
+        if retriable and _transition(
+            run_id, from_status=S.RUNNING, from_stage=G.MATERIALIZING, to_status=S.FAILED, to_stage=G.DONE,
+            detail=f"{Run.FailureReason.ERROR}: {detail} Re-queued automatically.",
+            failure_reason=Run.FailureReason.ERROR, ended_at=timezone.now(),
+            failure_detail=f"{detail} The conversation had not begun, so it was re-queued automatically.",
+        ):
+            now = timezone.now()
+            retry = Run.objects.create(
+                workspace_id=run.workspace_id, scenario_id=run.scenario_id, path_id=run.path_id,
+                batch_id=run.batch_id, retry_of=run, auto_retry=True, snapshot=run.snapshot,
+                created_by_id=run.created_by_id, created_at=now,
+            )
+            _record(retry.pk, from_status="", to_status=S.PENDING, from_stage="", to_stage=G.QUEUED, at=now,
+                    detail=AUTO_RETRY_DETAIL)
+            _queued_after_commit([retry])
+            return True, retry
+    return run_fail(run_id=run_id, reason=Run.FailureReason.ERROR, detail=f"{detail} Safe to retry."), None
 
 
 def run_claim(*, run_id, worker: str) -> bool:
@@ -316,14 +414,16 @@ def sweep() -> dict:
     - workspaces with pending runs and free slots get an admission pass;
     - admitted runs no executor claimed (their message was lost) are dispatched again — safe,
       since nothing of them has run yet;
-    - runs whose executor stopped heartbeating end as ``failed / error``;
+    - runs whose executor stopped heartbeating end as ``failed / error``; those lost before their
+      conversation began are re-queued once (``run_lose``);
     - live runs far past their agent's cap end as ``failed / duration_cap_no_progress`` (the
       executor normally ends them itself at the cap);
     - voice runs still waiting for their call past ``attach_by`` end as ``inbound_timeout``
-      (inbound: no call arrived in the window) or ``target_unreachable`` (outbound: never answered).
+      (inbound: no call arrived in the window) or ``target_unreachable`` (outbound: never answered);
+    - batches whose runs have all ended are finished (``batch_finish``).
     """
     now = timezone.now()
-    counts = {"admitted": 0, "redispatched": 0, "lost": 0, "capped": 0, "unanswered": 0}
+    counts = {"admitted": 0, "redispatched": 0, "lost": 0, "retried": 0, "capped": 0, "unanswered": 0}
     for workspace_id in (
         Run.objects.filter(status=S.PENDING, workspace__queue_paused=False)
         .values_list("workspace_id", flat=True).distinct()
@@ -342,9 +442,9 @@ def sweep() -> dict:
         status=S.RUNNING, heartbeat_at__lt=now - timedelta(seconds=settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)
     ).exclude(worker="").values_list("id", "worker")
     for run_id, worker in lost:
-        if run_fail(run_id=run_id, reason=Run.FailureReason.ERROR,
-                    detail=f"The worker executing this run ({worker}) stopped responding. Safe to retry."):
-            counts["lost"] += 1
+        ended, retry = run_lose(run_id=run_id, worker=worker)
+        counts["lost"] += ended
+        counts["retried"] += retry is not None
     # A conversation's cap counts from when it began: the call connected, or the chat went live.
     for run_id, began, cap in Run.objects.filter(status=S.RUNNING, stage=G.LIVE).exclude(worker="").annotate(
         began=Coalesce("attached_at", "started_at")
@@ -367,4 +467,10 @@ def sweep() -> dict:
             reason, detail = exc.reason, exc.detail
         if run_fail(run_id=run_id, reason=reason, detail=detail):
             counts["unanswered"] += 1
+    # A batch whose last run's end did not finish it (that process died right after the commit).
+    unended = Run.objects.filter(batch_id=OuterRef("pk")).exclude(status__in=TERMINAL_STATUSES)
+    counts["batches_finished"] = sum(
+        batch_finish(batch_id=batch_id)
+        for batch_id in Batch.objects.filter(finished_at__isnull=True).exclude(Exists(unended)).values_list("id", flat=True)
+    )
     return counts

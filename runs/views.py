@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from assure.tenancy import scoped
-from runs import selectors, services
-from runs.models import Run
+from runs import batches, save_as_path, selectors, services
+from runs.models import Batch, Run
 from scenarios.models import Path, Scenario
 
 
@@ -43,10 +43,26 @@ def scenario_context(scenario: Scenario) -> dict:
     }
 
 
+RECENT_BATCHES = 10
+
+
 @login_required
 def scenario_detail(request, pk):
     scenario = get_object_or_404(scoped(Scenario, request.workspace).select_related("agent", "target"), pk=pk)
-    return render(request, "runs/scenario_detail.html", scenario_context(scenario))
+    context = scenario_context(scenario)
+    trend = batches.scenario_trend(scenario)
+    context.update(trend=trend, recent_batches=trend[::-1][:RECENT_BATCHES],
+                   more_batches=len(trend) > RECENT_BATCHES, max_repeat=Batch.MAX_REPEAT)
+    return render(request, "runs/scenario_detail.html", context)
+
+
+def _repeat(request):
+    """The form's ``repeat`` (blank: 1). Anything but a whole number is passed on as None, for the
+    service to refuse with the rule's own words."""
+    try:
+        return int((request.POST.get("repeat") or "1").strip())
+    except ValueError:
+        return None
 
 
 @login_required
@@ -55,7 +71,7 @@ def scenario_run_all(request, pk):
     _require_edit(request)
     scenario = get_object_or_404(scoped(Scenario, request.workspace), pk=pk)
     try:
-        batch, runs = services.scenario_run_all(scenario=scenario, created_by=request.user)
+        batch, runs = services.scenario_run_all(scenario=scenario, created_by=request.user, repeat=_repeat(request))
     except services.RunStateError as exc:
         messages.error(request, str(exc))
     else:
@@ -67,7 +83,8 @@ def scenario_run_all(request, pk):
 def path_detail(request, pk):
     path = get_object_or_404(scoped(Path, request.workspace).select_related("scenario"), pk=pk)
     runs = scoped(Run, request.workspace).filter(path=path).order_by("-created_at")[:20]
-    return render(request, "runs/path_detail.html", {"path": path, "scenario": path.scenario, "runs": runs})
+    return render(request, "runs/path_detail.html", {"path": path, "scenario": path.scenario, "runs": runs,
+                                                     "max_repeat": Batch.MAX_REPEAT})
 
 
 @login_required
@@ -75,8 +92,61 @@ def path_detail(request, pk):
 def path_run(request, pk):
     _require_edit(request)
     path = get_object_or_404(scoped(Path, request.workspace).select_related("scenario__agent", "scenario__target"), pk=pk)
-    run = services.path_run(path=path, created_by=request.user)
-    return _back(request, reverse("runs:run-detail", args=[run.pk]))
+    repeat = _repeat(request)
+    if repeat == 1:
+        run = services.path_run(path=path, created_by=request.user)
+        return _back(request, reverse("runs:run-detail", args=[run.pk]))
+    try:
+        batch, runs = services.path_run_repeated(path=path, repeat=repeat, created_by=request.user)
+    except services.RunStateError as exc:
+        messages.error(request, str(exc))
+        return _back(request, reverse("runs:path-detail", args=[path.pk]))
+    messages.success(request, f"Queued {len(runs)} runs of {path.name}.")
+    return HttpResponseRedirect(reverse("runs:batch-detail", args=[batch.pk]))
+
+
+@login_required
+def batch_detail(request, pk):
+    batch = get_object_or_404(batches.batches_of(request.workspace), pk=pk)
+    context = {"batch": batch, "detail": batches.batch_detail(batch), "previous": batches.previous_batch(batch)}
+    if request.htmx:  # the page refreshes its body while runs are still going
+        return render(request, "runs/partials/batch_body.html", context)
+    return render(request, "runs/batch_detail.html", context)
+
+
+COMPARISON_GROUPS = [
+    ("newly_failing", "Newly failing", "Did not fail every time before; fails every time now."),
+    ("fixed", "Fixed", "Did not pass every time before; passes every time now."),
+    ("still_failing", "Still failing", "Failed every time before, and still does."),
+    ("flaky", "Flaky", "Its runs disagree now: some pass, some do not."),
+]
+
+
+@login_required
+def batch_compare(request, pk):
+    workspace_batches = batches.batches_of(request.workspace)
+    batch = get_object_or_404(workspace_batches, pk=pk)
+    to = None
+    if request.GET.get("to"):
+        try:
+            to = workspace_batches.filter(pk=request.GET["to"]).first()
+        except ValidationError:  # not an id
+            to = None
+        if to is None:
+            raise Http404("No such batch in this workspace.")
+    try:
+        comparison, problem = batches.batch_compare(batch, to), None
+    except batches.NoComparison as exc:
+        comparison, problem = None, str(exc)
+    if comparison is not None:
+        to = workspace_batches.get(pk=comparison["to"])
+    others = workspace_batches.filter(scenario_id=batch.scenario_id).exclude(pk=batch.pk)[:50] if batch.scenario_id else []
+    return render(request, "runs/batch_compare.html", {
+        "batch": batch, "to": to, "comparison": comparison, "problem": problem, "others": others,
+        "groups": [
+            (key, title, meaning, comparison[key]) for key, title, meaning in COMPARISON_GROUPS
+        ] if comparison else [],
+    })
 
 
 @login_required
@@ -128,6 +198,28 @@ def run_retry(request, pk):
     if request.htmx:
         return HttpResponse(status=204, headers={"HX-Redirect": reverse("runs:run-detail", args=[new.pk])})
     return _back(request, reverse("runs:run-detail", args=[new.pk]))
+
+
+@login_required
+@require_POST
+def run_save_as_path(request, pk):
+    """Save a finished run as a new path, then open the path's edit page to loosen what it expects."""
+    _require_edit(request)
+    run = get_object_or_404(scoped(Run, request.workspace), pk=pk)
+    try:
+        path = save_as_path.run_save_as_path(run=run)
+    except save_as_path.SaveAsPathError as exc:
+        messages.error(request, " ".join(str(m) for messages_ in exc.detail.values()
+                                         for m in (messages_ if isinstance(messages_, list) else [messages_])))
+        if request.htmx:
+            return HttpResponse(status=204, headers={"HX-Refresh": "true"})
+        return HttpResponseRedirect(reverse("runs:run-detail", args=[run.pk]))
+    messages.success(request, f"Saved as the path “{path.name}”. Its expect steps are the target's exact "
+                              "words: loosen them where the words may vary.")
+    edit = reverse("scenarios:path-update", args=[path.pk])
+    if request.htmx:
+        return HttpResponse(status=204, headers={"HX-Redirect": edit})
+    return HttpResponseRedirect(edit)
 
 
 def queue_context(workspace) -> dict:

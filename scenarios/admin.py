@@ -8,8 +8,8 @@ from assure.admin_scoping import (
     changelist_link,
 )
 from scenarios.forms import TargetHeadersForm
-from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
-from scenarios import services
+from scenarios.models import Agent, CustomFunction, Path, Scenario, Schedule, Target
+from scenarios import schedules, services
 from scenarios.services import SYNC_RELEVANT_FIELDS
 
 # Set by the sync service, never by hand: a function is usable only once its webhook is synced.
@@ -156,3 +156,32 @@ class PathAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
     @admin.display(description="runs")
     def runs(self, obj):
         return changelist_link("runs.run", "Runs", path__id__exact=obj.pk)
+
+
+class ScheduleForm(SecretFieldsForm):
+    secret_fields = ("slack_webhook_url",)
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(WorkspaceScopedMixin, admin.ModelAdmin):
+    form = ScheduleForm
+    hidden_from_viewers = ("slack_webhook_url",)
+    list_display = ["__str__", "scenario_link", "workspace", "enabled", "repeat", "next_run_at"]
+    list_filter = [("workspace", admin.RelatedOnlyFieldListFilter), "enabled"]
+    search_fields = ["cron", "timezone", "scenario__name"]
+    list_select_related = ["workspace", "scenario"]
+    readonly_fields = ["next_run_at", "disabled_reason", "firings"]
+
+    def save_model(self, request, obj, form, change):
+        # The next due time follows from the cron, the time zone and enabled: the service sets it.
+        self.ensure_writable(request, obj)
+        schedules.schedule_save(schedule=obj)
+
+    @admin.display(description="scenario", ordering="scenario__name")
+    def scenario_link(self, obj):
+        return change_link(obj.scenario)
+
+    @admin.display(description="firings")
+    def firings(self, obj):
+        # By name, like a path's runs: what each due time queued is recorded by the runs app.
+        return changelist_link("runs.schedulefiring", "Firings", schedule__id__exact=obj.pk)

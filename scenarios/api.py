@@ -9,8 +9,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from assure.api_base import ModelCleanSerializer, WorkspaceScopedField, WorkspaceViewSet
-from scenarios.models import Agent, Channel, CustomFunction, Path, Scenario, Target, loopback_number
-from scenarios import services
+from assure.tenancy import request_workspace
+from scenarios.models import Agent, Channel, CustomFunction, Path, Scenario, Schedule, Target, loopback_number
+from scenarios import schedules, services
 
 
 class AgentSerializer(ModelCleanSerializer):
@@ -138,3 +139,42 @@ class PathViewSet(WorkspaceViewSet):
     model = Path
     serializer_class = PathSerializer
     filterset_fields = ["scenario"]
+
+
+class ScheduleSerializer(ModelCleanSerializer):
+    scenario = WorkspaceScopedField(queryset=Scenario.objects.all())
+    has_slack_webhook = serializers.SerializerMethodField(help_text="Whether a Slack webhook URL is set (it is "
+                                                                    "write-only).")
+
+    class Meta:
+        model = Schedule
+        fields = ["id", "scenario", "cron", "timezone", "enabled", "repeat", "slack_webhook_url", "has_slack_webhook",
+                  "next_run_at", "disabled_reason", "created_at"]
+        read_only_fields = ["next_run_at", "disabled_reason"]
+        extra_kwargs = {"slack_webhook_url": {"write_only": True}}
+
+    def get_has_slack_webhook(self, schedule) -> bool:
+        return bool(schedule.slack_webhook_url)
+
+
+class ScheduleViewSet(WorkspaceViewSet):
+    """A scenario's schedules: each due time of ``cron`` (read in ``timezone``) queues a batch of every
+    path, ``repeat`` times; ``next_run_at`` says when. At most every 5 minutes, at most 20 per scenario.
+    (The runs app serves it, adding what the schedules queued: ``runs.api.ScheduleViewSet``.)"""
+
+    model = Schedule
+    serializer_class = ScheduleSerializer
+    filterset_fields = ["scenario", "enabled"]
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("scenario")
+
+    def perform_create(self, serializer):
+        schedule = Schedule(workspace=request_workspace(self.request), **serializer.validated_data)
+        serializer.instance = schedules.schedule_save(schedule=schedule)
+
+    def perform_update(self, serializer):
+        schedule = serializer.instance
+        for name, value in serializer.validated_data.items():
+            setattr(schedule, name, value)
+        schedules.schedule_save(schedule=schedule)

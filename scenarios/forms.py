@@ -18,7 +18,7 @@ from assure import json_input
 from assure.admin_scoping import SecretFieldsForm
 from assure.tenancy import scoped
 from scenarios import services, validators
-from scenarios.models import Agent, Channel, CustomFunction, Path, Scenario, Target
+from scenarios.models import Agent, Channel, CustomFunction, Path, Scenario, Schedule, Target
 
 # The step keys validators.validate_script accepts (it keeps no list of them), in the editor's order.
 SCRIPT_STEP_KINDS = ("say", "press", "pause_ms", "expect", "end_call")
@@ -406,3 +406,26 @@ class PathForm(WorkspaceModelForm):
         model = Path
         fields = ["name", "narrative", "script", "criteria"]
         widgets = {"narrative": forms.Textarea(attrs={"rows": 5})}
+
+
+class ScheduleForm(forms.ModelForm):
+    """A new schedule, from the scenario page's Schedules panel (the scenario comes from the URL)."""
+
+    class Meta:
+        model = Schedule
+        fields = ["cron", "timezone", "repeat", "slack_webhook_url"]
+        labels = {"cron": "Cron expression", "timezone": "Time zone", "slack_webhook_url": "Slack webhook URL"}
+        widgets = {
+            "cron": forms.TextInput(attrs={"placeholder": "0 6 * * 1-5", "class": "mono", "spellcheck": "false"}),
+            "timezone": forms.TextInput(attrs={"list": "schedule-timezones", "spellcheck": "false"}),
+            "slack_webhook_url": forms.URLInput(attrs={"placeholder": "https://hooks.slack.com/services/…",
+                                                      "autocomplete": "off"}),
+        }
+
+    def _update_errors(self, errors):
+        # The scenario comes from the URL, not from a field: what the model says of it (too many
+        # schedules) is said of the whole form, rather than Django refusing an error on no field.
+        if hasattr(errors, "error_dict") and "scenario" in errors.error_dict:
+            errors.error_dict.setdefault(NON_FIELD_ERRORS, []).extend(errors.error_dict.pop("scenario"))
+        super()._update_errors(errors)
+

@@ -5,11 +5,13 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone as django_timezone
 
 from assure import secrets
 from assure.models import WorkspaceOwned
 from assure.secrets import EncryptedJSONField, EncryptedTextField
 from scenarios import validators
+from scenarios.cron import MAX_CRON_LENGTH, MIN_INTERVAL_MINUTES, NeverDue, next_after, validate_cron, validate_timezone
 
 
 class Channel(models.TextChoices):
@@ -335,5 +337,67 @@ class Path(WorkspaceOwned):
         errors = self.same_workspace_errors(scenario=self.scenario if self.scenario_id else None)
         if not errors and self.scenario_id and not self.script and not self.narrative.strip():
             errors["narrative"] = "A path needs a narrative for the LLM caller, or a script of steps."
+        if errors:
+            raise ValidationError(errors)
+
+
+class Schedule(WorkspaceOwned):
+    """When a scenario runs by itself: a cron expression in a time zone; each due time queues one
+    batch (every path, ``repeat`` times). ``next_run_at`` is the next due time (null while disabled);
+    the beat task claims a due time by moving it on (``runs/schedules.py``), and records each one it
+    fired as a ``runs.ScheduleFiring``: the batches are the runs app's, which this app knows nothing of."""
+
+    # Each firing is a whole batch: a scenario with more schedules than this is a mistake, not a plan.
+    MAX_PER_SCENARIO = 20
+
+    scenario = models.ForeignKey(Scenario, on_delete=models.CASCADE, related_name="schedules")
+    cron = models.CharField(
+        max_length=MAX_CRON_LENGTH, validators=[validate_cron],
+        help_text=f"Five fields: minute hour day-of-month month day-of-week, e.g. 0 6 * * 1-5. At most every "
+                  f"{MIN_INTERVAL_MINUTES} minutes.")
+    timezone = models.CharField(
+        max_length=64, default="UTC", validators=[validate_timezone],
+        help_text="IANA time zone the cron expression is read in, e.g. Europe/Paris.")
+    enabled = models.BooleanField(default=True)
+    repeat = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Runs of each path per firing (1–100).")
+    slack_webhook_url = EncryptedTextField(
+        max_length=500, blank=True, validators=[validators.validate_http_url],
+        help_text="Optional Slack-compatible incoming-webhook URL told of each scheduled batch's result.")
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    disabled_reason = models.TextField(
+        blank=True, editable=False,
+        help_text="Why the schedule switched itself off (its cron never comes round again); cleared when enabled.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["scenario__name", "created_at"]
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="schedule_due")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(repeat__gte=1, repeat__lte=100), name="schedule_repeat_in_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cron} ({self.timezone})"
+
+    def clean(self) -> None:
+        errors = self.same_workspace_errors(scenario=self.scenario if self.scenario_id else None)
+        if self.scenario_id and "scenario" not in errors:
+            others = Schedule.objects.filter(scenario_id=self.scenario_id).exclude(pk=self.pk).count()
+            if others >= self.MAX_PER_SCENARIO:
+                errors["scenario"] = (f"This scenario has {others} schedules, the most it may have: "
+                                            "delete or edit one of them instead.")
+        if "cron" not in errors and "timezone" not in errors:
+            try:
+                validate_cron(self.cron)
+                validate_timezone(self.timezone)
+            except ValidationError:
+                pass  # the fields' own validators say what is wrong
+            else:
+                try:
+                    next_after(self.cron, self.timezone, django_timezone.now())
+                except NeverDue as exc:
+                    errors["cron"] = str(exc)
         if errors:
             raise ValidationError(errors)

@@ -32,4 +32,8 @@ urlpatterns = [
     path("scenarios/<uuid:pk>/paths/new/", views.PathCreate.as_view(), name="path-create"),
     path("paths/<uuid:pk>/edit/", views.PathUpdate.as_view(), name="path-update"),
     path("paths/<uuid:pk>/delete/", views.PathDelete.as_view(), name="path-delete"),
+    path("scenarios/<uuid:pk>/schedules/", views.schedules_panel, name="schedules-panel"),
+    path("scenarios/<uuid:pk>/schedules/new/", views.schedule_create, name="schedule-create"),
+    path("schedules/<uuid:pk>/enabled/", views.schedule_set_enabled, name="schedule-set-enabled"),
+    path("schedules/<uuid:pk>/delete/", views.schedule_delete, name="schedule-delete"),
 ]

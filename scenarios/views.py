@@ -22,8 +22,10 @@ from django.views import generic
 from django.views.decorators.http import require_POST
 
 from assure.tenancy import scoped
-from scenarios.forms import AgentForm, FunctionForm, PathForm, ScenarioForm, TargetForm
-from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+from scenarios import schedules, selectors
+from scenarios.cron import MIN_INTERVAL_MINUTES, known_timezones
+from scenarios.forms import AgentForm, FunctionForm, PathForm, ScenarioForm, ScheduleForm, TargetForm
+from scenarios.models import Agent, CustomFunction, Path, Scenario, Schedule, Target
 
 
 def can_edit(request) -> bool:
@@ -448,7 +450,10 @@ class ScenarioDelete(DeletePageMixin, generic.DeleteView):
     def consequences(self):
         count = self.object.paths.count()
         paths = f"Its {count} path{'s' if count != 1 else ''} will be deleted with it." if count else ""
-        return [p for p in [paths, "Past runs and their results are kept."] if p]
+        scheduled = self.object.schedules.count()
+        schedules_ = (f"Its {scheduled} schedule{'s' if scheduled != 1 else ''} will be deleted with it: nothing runs "
+                      "it by itself any more." if scheduled else "")
+        return [p for p in [paths, schedules_, "Past runs and their results are kept."] if p]
 
     def get_success_url(self):
         return reverse("scenarios:scenario-list")
@@ -509,3 +514,68 @@ class PathDelete(DeletePageMixin, generic.DeleteView):
 
     def get_success_url(self):
         return scenario_url(self.object.scenario_id)
+
+
+# Schedules: a panel of the scenario page, loaded and updated by htmx -----------------------------
+
+
+def schedules_panel_context(scenario: Scenario, form: ScheduleForm | None = None) -> dict:
+    return {
+        "scenario": scenario,
+        "schedules": list(selectors.schedules_of(scenario)),
+        "schedule_form": form or ScheduleForm(initial={"timezone": "UTC", "repeat": 1}),
+        "timezones": known_timezones(),
+        "min_interval_minutes": MIN_INTERVAL_MINUTES,
+    }
+
+
+def render_schedules_panel(request, scenario: Scenario, form: ScheduleForm | None = None, *, notice: str = ""):
+    if request.htmx:
+        return render(request, "scenarios/partials/schedules.html", schedules_panel_context(scenario, form))
+    # Without htmx (a plain form post), back to the scenario page, which loads the panel again.
+    if form is not None and form.errors:
+        messages.error(request, "The schedule was not saved: " + "; ".join(
+            f"{name}: {' '.join(errors)}" for name, errors in form.errors.items()))
+    elif notice:
+        messages.success(request, notice)
+    return redirect(scenario_url(scenario.pk))
+
+
+@login_required
+def schedules_panel(request, pk):
+    scenario = get_object_or_404(scoped(Scenario, request.workspace), pk=pk)
+    return render(request, "scenarios/partials/schedules.html", schedules_panel_context(scenario))
+
+
+@login_required
+@require_POST
+def schedule_create(request, pk):
+    require_editor(request)
+    scenario = get_object_or_404(scoped(Scenario, request.workspace), pk=pk)
+    form = ScheduleForm(request.POST, instance=Schedule(workspace=request.workspace, scenario=scenario))
+    if not form.is_valid():
+        return render_schedules_panel(request, scenario, form)
+    schedules.schedule_save(schedule=form.instance)
+    return render_schedules_panel(request, scenario, notice="Schedule added.")
+
+
+@login_required
+@require_POST
+def schedule_set_enabled(request, pk):
+    require_editor(request)
+    schedule = get_object_or_404(scoped(Schedule, request.workspace).select_related("scenario"), pk=pk)
+    enabled = request.POST.get("enabled") == "true"
+    schedules.schedule_set_enabled(schedule=schedule, enabled=enabled)
+    return render_schedules_panel(request, schedule.scenario,
+                                  notice=f"Schedule {schedule.cron} {'enabled' if enabled else 'disabled'}.")
+
+
+@login_required
+@require_POST
+def schedule_delete(request, pk):
+    require_editor(request)
+    schedule = get_object_or_404(scoped(Schedule, request.workspace).select_related("scenario"), pk=pk)
+    scenario = schedule.scenario
+    schedules.schedule_delete(schedule=schedule)
+    return render_schedules_panel(request, scenario, notice=f"Schedule {schedule.cron} deleted.")
+

@@ -1,9 +1,10 @@
 import factory
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from assure.models import Membership, Workspace
-from runs.models import Batch, CriterionResult, Run, RunEvent, ToolInvocation, Turn
-from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+from runs.models import Batch, CriterionResult, Run, RunEvent, ScheduleFiring, ToolInvocation, Turn
+from scenarios.models import Agent, CustomFunction, Path, Scenario, Schedule, Target
 from telephony.models import Call, PhoneNumber
 
 
@@ -97,6 +98,25 @@ class BatchFactory(factory.django.DjangoModelFactory):
 
     scenario = factory.SubFactory(ScenarioFactory)
     workspace = factory.SelfAttribute("scenario.workspace")
+
+
+class ScheduleFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Schedule
+
+    scenario = factory.SubFactory(ScenarioFactory)
+    workspace = factory.SelfAttribute("scenario.workspace")
+    cron = "0 6 * * 1-5"
+    timezone = "UTC"
+
+
+class ScheduleFiringFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ScheduleFiring
+
+    schedule = factory.SubFactory(ScheduleFactory)
+    due_at = factory.LazyFunction(timezone.now)
+    fired_at = factory.SelfAttribute("due_at")
 
 
 class RunFactory(factory.django.DjangoModelFactory):

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+import jsonschema
 from aiohttp import web
 
 
@@ -42,18 +43,44 @@ class AiohttpServer:
 class FakeOpenAI(AiohttpServer):
     """``POST /v1/chat/completions`` as OpenAI answers it. ``answer(messages)`` returns the
     assistant's text, an int HTTP status to fail with, or ``{"content": str | None,
-    "tool_calls": [{"name": ..., "arguments": {...}}]}``."""
+    "tool_calls": [{"name": ..., "arguments": {...}}]}``.
 
-    def __init__(self, answer):
+    Like a real provider it reports ``usage`` (a word count stands in for tokens; each request's
+    is kept in ``requests``), streams it last when asked with ``stream_options``, and honours
+    ``response_format``: the types named in ``refuse`` get a 400 (a provider without them; so does
+    ``stream_options`` when named), and under a format it supports, an answer the format rules
+    out cannot be produced (a real model is constrained to the format), so such a test mistake
+    answers 500 and lands in ``violations``. ``delay_seconds`` holds every answer back that long
+    (a slow model)."""
+
+    def __init__(self, answer, *, refuse: tuple[str, ...] = (), delay_seconds: float = 0.0):
         self.requests: list[dict] = []
         self.streamed_chunks = 0
+        self.violations: list[str] = []
 
         async def completions(request):
             body = await request.json()
-            self.requests.append({"body": body, "headers": dict(request.headers)})
+            entry = {"body": body, "headers": dict(request.headers)}
+            self.requests.append(entry)
+            if "stream_options" in refuse and "stream_options" in body:
+                return web.json_response({"error": {
+                    "message": "Unrecognized request argument supplied: stream_options",
+                    "type": "invalid_request_error", "param": "stream_options", "code": None}}, status=400)
+            response_format = (body.get("response_format") or {}).get("type")
+            if response_format in refuse:
+                return web.json_response({"error": {
+                    "message": f"Invalid parameter: 'response_format' of type '{response_format}' is not supported "
+                               "with this model.",
+                    "type": "invalid_request_error", "param": "response_format", "code": None}}, status=400)
+            if delay_seconds:
+                await asyncio.sleep(delay_seconds)
             result = answer(body["messages"])
             if isinstance(result, int):
                 return web.json_response({"error": {"message": "fake failure", "type": "server_error"}}, status=result)
+            violation = _format_violation(body.get("response_format"), result)
+            if violation:
+                self.violations.append(violation)
+                return web.json_response({"error": {"message": violation, "type": "server_error"}}, status=500)
             message = {"role": "assistant", "content": result}
             if isinstance(result, dict):
                 message = {"role": "assistant", "content": result.get("content"), "tool_calls": [
@@ -61,14 +88,15 @@ class FakeOpenAI(AiohttpServer):
                      "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}
                     for i, call in enumerate(result.get("tool_calls", []))
                 ] or None}
+            entry["usage"] = usage = _usage(body["messages"], message)
             if body.get("stream"):
-                return await self._stream(request, body, message)
+                return await self._stream(request, body, message, usage)
             return web.json_response({
                 "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "fake"),
                 "choices": [{"index": 0, "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
                              "message": message}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                "usage": usage,
             })
 
         app = web.Application()
@@ -76,17 +104,21 @@ class FakeOpenAI(AiohttpServer):
         super().__init__(app)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
-    async def _stream(self, request, body: dict, message: dict):
+    async def _stream(self, request, body: dict, message: dict, usage: dict):
         """Server-sent events as OpenAI streams them: the content a word at a time, then each
-        tool call whole, then the finish reason and ``[DONE]``."""
+        tool call whole, then the finish reason, the usage when asked for, and ``[DONE]``."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model", "fake")}
 
+        async def send(payload: dict):
+            await response.write(f"data: {json.dumps({**base, **payload})}\n\n".encode())
+
         async def chunk(delta: dict, finish: str | None = None):
-            payload = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+            await send({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                        **({"usage": None} if include_usage else {})})
 
         await chunk({"role": "assistant", "content": ""})
         words = (message.get("content") or "").split(" ")
@@ -96,9 +128,38 @@ class FakeOpenAI(AiohttpServer):
         for i, call in enumerate(message.get("tool_calls") or []):
             await chunk({"tool_calls": [{"index": i, **call}]})
         await chunk({}, "tool_calls" if message.get("tool_calls") else "stop")
+        if include_usage:
+            await send({"choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _usage(messages: list[dict], message: dict) -> dict:
+    """Token counts as a provider reports them; words stand in for tokens."""
+    prompt = sum(len(str(m.get("content") or "").split()) + 1 for m in messages)
+    completion = len((message.get("content") or "").split()) + sum(
+        len(call["function"]["arguments"].split()) + 1 for call in message.get("tool_calls") or [])
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _format_violation(response_format: dict | None, result) -> str | None:
+    """Why ``result`` could not be a model's answer under ``response_format``, if it could not."""
+    kind = (response_format or {}).get("type")
+    if kind not in ("json_object", "json_schema"):
+        return None
+    try:
+        value = json.loads(result if isinstance(result, str) else "")
+    except ValueError:
+        return f"fake: {result!r} is not JSON, which {kind} rules out"
+    if not isinstance(value, dict):
+        return f"fake: {result!r} is not a JSON object, which {kind} rules out"
+    if kind == "json_schema":
+        try:
+            jsonschema.validate(value, response_format["json_schema"]["schema"])
+        except jsonschema.ValidationError as exc:
+            return f"fake: {result!r} does not match the json_schema: {exc.message}"
+    return None
 
 
 class FakeWebsocketBot(AiohttpServer):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -234,3 +235,51 @@ class DaphneServer:
             pass
         self.process.wait(10)
         wait_for_group_gone(self.process.pid)
+
+
+# Browsers ----------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's Chromium driven by Playwright. Without it the test is skipped with how to install
+    it, or fails under ``CI=true`` (CI never skips browser tests)."""
+    import pytest
+
+    if not os.path.exists(CHROMIUM):
+        message = ("Browser tests need Debian's Chromium: `apt-get install chromium chromium-driver` "
+                   "(.ci/run installs it).")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread, so Django would refuse the
+    # tests' own ORM calls (plain synchronous code between browser steps). Allowed only in this
+    # process, while the browser is open; the processes under test never see it.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                browser.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+def signed_in_page(browser, *, base_url: str, username: str, password: str):
+    """A new browser context's page, signed in through the login form; close its ``context``."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(20000)
+    page.goto("/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/login/" not in url)
+    return page

@@ -13,8 +13,8 @@ from django.urls import reverse
 
 from assure.models import ApiToken, Membership, Workspace
 from assure.services import api_token_authenticate, api_token_create
-from runs.models import Batch, CriterionResult, Run, RunEvent, ToolInvocation, Turn
-from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+from runs.models import Batch, CriterionResult, Run, RunEvent, ScheduleFiring, ToolInvocation, Turn
+from scenarios.models import Agent, CustomFunction, Path, Scenario, Schedule, Target
 from telephony.models import Call, PhoneNumber
 from tests import factories as f
 
@@ -30,6 +30,8 @@ MAKERS = {
     Target: lambda ws: f.TargetFactory(workspace=ws),
     Scenario: lambda ws: f.ScenarioFactory(workspace=ws),
     Path: lambda ws: f.PathFactory(scenario__workspace=ws),
+    Schedule: lambda ws: f.ScheduleFactory(scenario__workspace=ws),
+    ScheduleFiring: lambda ws: f.ScheduleFiringFactory(schedule__scenario__workspace=ws),
     Batch: lambda ws: f.BatchFactory(scenario__workspace=ws),
     Run: lambda ws: f.RunFactory(path__scenario__workspace=ws),
     Turn: lambda ws: f.TurnFactory(run__path__scenario__workspace=ws),
@@ -40,7 +42,7 @@ MAKERS = {
     Call: lambda ws: f.CallFactory(run=f.RunFactory(workspace=ws)),
 }
 # Runs and their records are written by the engine's services only.
-NOT_ADDABLE = {Batch, Run, Turn, ToolInvocation, CriterionResult, RunEvent, Call}
+NOT_ADDABLE = {Batch, Run, Turn, ToolInvocation, CriterionResult, RunEvent, Call, ScheduleFiring}
 by_name = {"ids": lambda model: model.__name__}
 
 

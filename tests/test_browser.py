@@ -21,10 +21,8 @@ from runs.models import Run, Turn
 from scenarios.demo import demo_seed
 from scenarios.models import Path as ScenarioPath
 from tests import factories as f
-from tests.support import CeleryWorker, DaphneServer, FakeTarget, wait_for
+from tests.support import CeleryWorker, DaphneServer, FakeTarget, chromium, signed_in_page, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,25 +30,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(scope="module")
 def browser(product):
-    if not os.path.exists(CHROMIUM):
-        message = ("Browser tests need Debian's Chromium: `apt-get install chromium chromium-driver` "
-                   "(.ci/run installs it).")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop running in this thread, so Django would refuse the
-    # tests' own ORM calls (plain synchronous code between browser steps). Allowed only in this
-    # process, while the browser is open; the processes under test never see it.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield chromium
-            chromium.close()
-    finally:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +54,9 @@ def demo(browser, db):
 
 @pytest.fixture
 def page(browser, product, demo):
-    context = browser.new_context(base_url=product.url, viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.set_default_timeout(20000)
-    page.goto("/login/")
-    page.fill("#id_username", "demo")
-    page.fill("#id_password", "demo-password")
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/login/" not in url)
+    page = signed_in_page(browser, base_url=product.url, username="demo", password="demo-password")
     yield page
-    context.close()
+    page.context.close()
 
 
 def screenshot(page, name: str) -> None:

@@ -91,7 +91,8 @@ def test_llm_judge_reads_the_transcript_and_returns_its_rationale_and_evidence()
 
 @pytest.mark.parametrize("answer,expected", [(500, "could not be reached"), ("I think it passed", "could not be read")])
 def test_an_llm_judge_that_fails_gives_error_never_a_pass(answer, expected):
-    fake = FakeOpenAI(lambda messages: answer)
+    # A provider without response formats, whose model may answer anything.
+    fake = FakeOpenAI(lambda messages: answer, refuse=("json_schema", "json_object"))
     try:
         results, verdict, _ = run_evaluate([{"name": "j", "kind": "llm_judge", "rule": "polite"}],
                                            llm={"base_url": fake.base_url, "api_key": "k", "model": "m"})

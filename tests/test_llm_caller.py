@@ -105,3 +105,86 @@ def test_an_unreachable_llm_is_a_caller_error():
 
     with pytest.raises(CallerError, match="could not get its next message"):
         asyncio.run(go())
+
+
+class SpeakingConnection:
+    """A chat connection that takes the caller's words as they are written, as a call does: the
+    pieces go to ``spoken``, the whole utterance to the bot once finished."""
+
+    streams_speech = True
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.spoken: list[str] = []
+
+    async def open(self):
+        return await self.connection.open()
+
+    async def speak(self, token: str) -> None:
+        self.spoken.append(token)
+
+    async def finish_speaking(self, text: str):
+        return await self.connection.send(text)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+def converse_counting(llm, *, streaming: bool):
+    """A two-message conversation against a bot; returns (outcome, what was spoken)."""
+    bot = FakeTarget(lambda message, n: (200, {"reply": "Sure, for how many?"}))
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            caller = LLMCaller(persona="p", language="en-US", llm={"base_url": llm.base_url, "model": "m"},
+                               functions=[], channel="voice", http=http, run_id="r")
+            target = {"channel": "chat", "kind": "http_json", "url": bot.url,
+                      "request_template": {"text": "{{message}}"}, "response_path": "$.reply"}
+            connection = connection_for(target, ConnectionContext("s", http))
+            if streaming:
+                connection = SpeakingConnection(connection)
+            outcome = await caller.converse(connection, ListRecorder(), Clock())
+            return outcome, getattr(connection, "spoken", [])
+
+    try:
+        return asyncio.run(go())
+    finally:
+        bot.close()
+
+
+def total_usage(requests):
+    return {"prompt": sum(r["usage"]["prompt_tokens"] for r in requests),
+            "completion": sum(r["usage"]["completion_tokens"] for r in requests)}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_caller_counts_the_tokens_its_model_reports(streaming):
+    llm = FakeOpenAI(scripted_llm([
+        "Hi, a table for two tonight please.",
+        {"content": "Two, thanks!", "tool_calls": [{"name": "end_call", "arguments": {}}]},
+    ]))
+    try:
+        outcome, spoken = converse_counting(llm, streaming=streaming)
+    finally:
+        llm.close()
+    assert len(llm.requests) == 2
+    assert outcome.caller_tokens == total_usage(llm.requests) and outcome.caller_tokens["completion"] > 0
+    if streaming:
+        # Streamed answers carry their usage only when asked; the caller asks.
+        assert all(r["body"]["stream"] and r["body"]["stream_options"] == {"include_usage": True} for r in llm.requests)
+        assert "".join(spoken) == "Hi, a table for two tonight please.Two, thanks!"
+
+
+def test_a_provider_refusing_stream_options_still_streams_uncounted():
+    llm = FakeOpenAI(scripted_llm([
+        "Hi, a table for two tonight please.",
+        {"content": "Two, thanks!", "tool_calls": [{"name": "end_call", "arguments": {}}]},
+    ]), refuse=("stream_options",))
+    try:
+        outcome, spoken = converse_counting(llm, streaming=True)
+    finally:
+        llm.close()
+    # One refused request; the rest stream without asking again (the endpoint is remembered).
+    assert ["stream_options" in r["body"] for r in llm.requests] == [True, False, False]
+    assert "".join(spoken) == "Hi, a table for two tonight please.Two, thanks!"
+    assert outcome.caller_tokens == {"prompt": 0, "completion": 0}

@@ -6,8 +6,8 @@ from django.urls import reverse
 from assure.models import ApiToken, Membership, Workspace
 from assure.services import api_token_create
 from assure.tenancy import scoped, switch_workspace, user_workspaces
-from runs.models import Batch, CriterionResult, Run, RunEvent, ToolInvocation, Turn
-from scenarios.models import Agent, CustomFunction, Path, Scenario, Target
+from runs.models import Batch, CriterionResult, Run, RunEvent, ScheduleFiring, ToolInvocation, Turn
+from scenarios.models import Agent, CustomFunction, Path, Scenario, Schedule, Target
 from telephony.models import Call, PhoneNumber
 from tests import factories as f
 
@@ -19,6 +19,8 @@ TENANT_MODELS = {
     Target: f.TargetFactory,
     Scenario: f.ScenarioFactory,
     Path: f.PathFactory,
+    Schedule: f.ScheduleFactory,
+    ScheduleFiring: f.ScheduleFiringFactory,
     Batch: f.BatchFactory,
     Run: f.RunFactory,
     Turn: f.TurnFactory,

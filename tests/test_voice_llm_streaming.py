@@ -57,3 +57,9 @@ def test_the_llm_callers_words_go_out_while_they_are_written(stack, workspace):
     assert len(pieces) == len(LINE.split()), texts
     assert texts[-1].get("last") is True
     assert llm.streamed_chunks >= len(LINE.split())
+    # The streamed answers carried their usage (asked for), and the run counts it as the caller's.
+    assert all(r["body"]["stream_options"] == {"include_usage": True} for r in llm.requests)
+    assert run.metrics["tokens"]["caller"] == {
+        "prompt": sum(r["usage"]["prompt_tokens"] for r in llm.requests),
+        "completion": sum(r["usage"]["completion_tokens"] for r in llm.requests)}
+    assert run.metrics["tokens"]["caller"]["completion"] >= len(LINE.split())

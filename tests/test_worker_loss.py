@@ -1,5 +1,6 @@
 """A worker killed mid-run: its run ends as failed / error once heartbeats stop, and is never
-executed again behind the user's back."""
+executed again behind the user's back (runs lost before their conversation began are retried:
+``tests/test_auto_retry.py``)."""
 
 import pytest
 
@@ -34,6 +35,10 @@ def test_a_killed_worker_s_run_fails_as_error_after_the_heartbeat_window(test_re
         assert ended.worker == executor
         assert Turn.objects.filter(run=run).count() == 2
         assert len(bot.requests) == 1
+        # Its conversation had begun: it stays as it ended, with no automatic retry (one would be
+        # queued in the same transaction that failed it).
+        assert not Run.objects.filter(retry_of=run).exists() and Run.objects.filter(path=path).count() == 1
+        assert not ended.auto_retry
     finally:
         victim.kill()
         if survivor:
