@@ -1,5 +1,7 @@
 # The two commands: `make up` runs the product, `make test` runs the whole test suite.
 # Both create the virtualenv in .venv on first use; only Python 3.11+ and make are needed.
+# The virtualenv also gets the `assure` CI client from cli/ (editable), so a checkout has the
+# command at hand; tests/test_cli.py installs it again into a virtualenv of its own, as CI would.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,11 +10,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: up test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cli/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "AssureAgent needs Python 3.11 or newer; set PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./cli
 	@touch $(STAMP)
 
 up: $(STAMP)

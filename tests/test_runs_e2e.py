@@ -271,34 +271,6 @@ def test_api_refuses_bad_input_and_other_workspaces(workers, api, workspace, oth
     assert run_of(their_run.pk).status == "pending"
 
 
-def test_assure_run_cli_waits_writes_junit_and_fails_on_a_failing_path(workers, workspace, tmp_path):
-    import subprocess
-    import sys
-    from xml.etree import ElementTree as ET
-
-    from tests.support import ROOT, database_url
-
-    scenario = demo_scenario(workspace, paths=2)
-    failing = scenario.paths.order_by("name").last()
-    failing.criteria = [{"name": "says goodbye", "kind": "contains", "speaker": "target", "text": "goodbye"}]
-    failing.save()
-    junit = tmp_path / "report.xml"
-    env = {**__import__("os").environ, "DATABASE_URL": database_url(), "REDIS_URL": workers[0].redis_url,
-           "SECRET_KEY": "insecure-key-for-the-test-suite-only"}
-    result = subprocess.run(
-        [sys.executable, "manage.py", "assure_run", scenario.name, "--workspace", workspace.slug, "--wait", "--junit", str(junit)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "1 passed, 1 failed" in result.stdout
-    suite = ET.parse(junit).getroot()
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "1", "0")
-    assert "says goodbye: failed" in suite.find("testcase/failure").get("message")
-    bad = subprocess.run([sys.executable, "manage.py", "assure_run", "no such scenario"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "No scenario 'no such scenario'" in bad.stderr
-
-
 def test_a_path_without_a_script_is_played_by_the_llm_caller_and_judged(workers, api, workspace):
     from tests.fakes import FakeOpenAI
 

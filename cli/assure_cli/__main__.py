@@ -1,0 +1,3 @@
+from assure_cli.main import main
+
+main()
