@@ -103,4 +103,10 @@ def shutdown_host() -> None:
     failure = PlatformError("The worker executing this run was shut down mid-conversation. Safe to retry.")
     for run_id in list(host.tasks):
         services.run_fail(run_id=run_id, reason=failure.reason, detail=failure.detail)
+    # Close the shared HTTP session on its own loop, so the process ends without asyncio's
+    # "Unclosed client session" complaint.
+    try:
+        asyncio.run_coroutine_threadsafe(host.http.close(), host.loop).result(5)
+    except (TimeoutError, RuntimeError):  # not closed in time, or the loop is gone: dropped with the process
+        pass
     host.loop.call_soon_threadsafe(host.loop.stop)
