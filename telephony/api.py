@@ -126,11 +126,13 @@ class RunRecordingView(APIView):
     @extend_schema(
         operation_id="runs_recording_retrieve",
         responses={(200, "audio/wav"): OpenApiTypes.BINARY,
-                   404: OpenApiResponse(description="No such run in the workspace, or no recording stored yet.")},
+                   (206, "audio/wav"): OpenApiResponse(OpenApiTypes.BINARY, description="The byte range asked for with `Range`."),
+                   404: OpenApiResponse(description="No such run in the workspace, or no recording stored yet."),
+                   416: OpenApiResponse(description="The `Range` asked for lies past the end of the recording.")},
     )
     def get(self, request, pk):
         """The run's call recording as a two-channel WAV (channel 1 our caller, channel 2 the target)."""
         call = selectors.recorded_call(workspace=request_workspace(request), run_id=pk)
         if call is None:
             raise Http404("No recording for this run.")
-        return recording_response(call)
+        return recording_response(call, request.headers.get("Range", ""))

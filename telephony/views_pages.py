@@ -7,8 +7,11 @@ something. Whether a number is free and whether an armed run holds it is decided
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import messages
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.views import generic
@@ -109,12 +112,49 @@ def recording_page_url(run_id) -> str:
     return reverse("telephony:run-recording", args=[run_id])
 
 
-def recording_response(call: Call) -> FileResponse:
-    """The stored WAV of ``call``, played in the page (not downloaded) and never cached by proxies."""
-    response = FileResponse(call.recording.open("rb"), content_type="audio/wav",
-                            filename=f"run-{call.run_id}.wav")
+# One range of bytes, as an audio element asks to seek: "bytes=a-b", "bytes=a-", "bytes=-n".
+# Digits are bounded so no header can cost a huge integer conversion.
+_RANGE_RE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
+_CHUNK_BYTES = 64 * 1024
+
+
+def recording_response(call: Call, range_header: str = "") -> HttpResponseBase:
+    """The stored WAV of ``call``, played in the page (not downloaded) and never cached by proxies.
+    A single byte range is answered with 206 (seeking in the player); several ranges, or none,
+    get the whole file; a range past the end is 416."""
+    size = call.recording.size
+    match = _RANGE_RE.fullmatch(range_header.strip())
+    if match is None or match.groups() == ("", ""):
+        response = FileResponse(call.recording.open("rb"), content_type="audio/wav", filename=f"run-{call.run_id}.wav")
+    else:
+        first, last = match.groups()
+        if first:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+        else:
+            start, end = max(size - int(last), 0), size - 1
+        if start > end or start >= size:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{size}"
+            return response
+        response = StreamingHttpResponse(_byte_range(call, start, end), status=206, content_type="audio/wav")
+        response["Content-Length"] = str(end - start + 1)
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response["Content-Disposition"] = f'inline; filename="run-{call.run_id}.wav"'
+    response["Accept-Ranges"] = "bytes"
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+def _byte_range(call: Call, start: int, end: int):
+    with call.recording.open("rb") as audio:
+        audio.seek(start)
+        left = end - start + 1
+        while left > 0:
+            chunk = audio.read(min(_CHUNK_BYTES, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
 
 
 def _requester_workspace(request):
@@ -135,4 +175,4 @@ def run_recording(request, pk):
     call = selectors.recorded_call(workspace=_requester_workspace(request), run_id=pk)
     if call is None:
         raise Http404("No recording for this run.")
-    return recording_response(call)
+    return recording_response(call, request.headers.get("Range", ""))

@@ -155,6 +155,30 @@ def test_a_member_gets_the_recording(member_client, workspace):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("asked, status, part", [
+    ("bytes=0-99", 206, slice(0, 100)), ("bytes=100-", 206, slice(100, None)), ("bytes=-50", 206, slice(-50, None)),
+    ("bytes=10-999999999", 206, slice(10, None)), ("bytes=0-0", 206, slice(0, 1)),
+    ("bytes=5-1", 416, None), ("bytes=999999999-", 416, None),
+    ("bytes=0-1,5-9", 200, slice(None)), ("bytes=" + "9" * 5000 + "-", 200, slice(None)), ("items=0-5", 200, slice(None)),
+])
+def test_the_player_seeks_with_byte_ranges(member_client, workspace, asked, status, part):
+    run = voice_run(workspace, **finished_call())
+    audio = store_recording(run)
+    response = member_client.get(f"/runs/{run.pk}/recording/", HTTP_RANGE=asked)
+    assert response.status_code == status
+    if status == 416:
+        assert response["Content-Range"] == f"bytes */{len(audio)}"
+        return
+    assert response["Accept-Ranges"] == "bytes"
+    body = b"".join(response.streaming_content)
+    assert body == audio[part]
+    if status == 206:
+        start = len(audio[:part.start]) if part.start is not None else 0
+        assert response["Content-Range"] == f"bytes {start}-{start + len(body) - 1}/{len(audio)}"
+        assert response["Content-Length"] == str(len(body))
+
+
+@pytest.mark.django_db
 def test_an_api_token_gets_the_recording(token_client, workspace):
     run = voice_run(workspace, **finished_call())
     audio = store_recording(run)
