@@ -98,3 +98,17 @@ def fresh_channel_layer(test_redis_url):
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_sessions_left_at_teardown(django_db_setup, django_db_blocker):
+    """Before the test database is dropped (PostgreSQL refuses while anyone is connected), end the
+    sessions a just-stopped worker or daphne may still hold for a moment."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
