@@ -112,3 +112,13 @@ def no_sessions_left_at_teardown(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+@pytest.fixture
+def api(client, workspace):
+    """The test client authenticated with an API token of ``workspace``."""
+    from assure.services import api_token_create
+
+    _, key = api_token_create(workspace=workspace, name="tests")
+    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
+    return client

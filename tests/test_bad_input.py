@@ -13,7 +13,6 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
 from assure import patterns
-from assure.services import api_token_create
 from runs.connectors import Reply, TargetConnection
 from runs.engine import Clock, ScriptedCaller
 from runs.evaluation import check, metrics_of
@@ -22,13 +21,6 @@ from scenarios.models import Agent, Path, Scenario, Target
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 def post_json(api, url, body):

@@ -76,13 +76,6 @@ def store_recording(run) -> bytes:
 
 
 @pytest.fixture
-def token_client(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
-
-
-@pytest.fixture
 def outsider_client(client, other_workspace):
     outsider = f.UserFactory()
     f.MembershipFactory(workspace=other_workspace, user=outsider, role="owner")
@@ -93,10 +86,10 @@ def outsider_client(client, other_workspace):
 # The run API -------------------------------------------------------------------------------------
 
 @pytest.mark.django_db
-def test_a_voice_runs_detail_has_its_call(token_client, workspace):
+def test_a_voice_runs_detail_has_its_call(api, workspace):
     run = voice_run(workspace, **finished_call())
     store_recording(run)
-    call = token_client.get(f"/api/v1/runs/{run.pk}/").json()["call"]
+    call = api.get(f"/api/v1/runs/{run.pk}/").json()["call"]
     assert {k: v for k, v in call.items() if k not in ("answered_at", "ended_at", "history", "recording_url")} == {
         "provider": "twilio", "direction": "outbound", "sid": "CA" + "1" * 32, "from_number": "+14155550100",
         "to_number": "+14155550123", "status": "completed", "hung_up_by": "target", "error_code": "",
@@ -106,34 +99,34 @@ def test_a_voice_runs_detail_has_its_call(token_client, workspace):
     assert call["answered_at"] and call["ended_at"]
     assert call["recording_url"] == f"http://testserver/runs/{run.pk}/recording/"
     # The URL the API gives opens with the same token.
-    assert token_client.get(call["recording_url"]).status_code == 200
+    assert api.get(call["recording_url"]).status_code == 200
 
 
 @pytest.mark.django_db
-def test_the_call_is_null_for_chat_runs_and_the_recording_url_until_it_is_stored(token_client, workspace):
+def test_the_call_is_null_for_chat_runs_and_the_recording_url_until_it_is_stored(api, workspace):
     chat = f.RunFactory(path__scenario__workspace=workspace, status="completed", stage="done", verdict="passed")
-    assert token_client.get(f"/api/v1/runs/{chat.pk}/").json()["call"] is None
+    assert api.get(f"/api/v1/runs/{chat.pk}/").json()["call"] is None
     voice = voice_run(workspace, **finished_call())
-    assert token_client.get(f"/api/v1/runs/{voice.pk}/").json()["call"]["recording_url"] is None
+    assert api.get(f"/api/v1/runs/{voice.pk}/").json()["call"]["recording_url"] is None
     # The list stays as it was.
-    assert all("call" not in row for row in token_client.get("/api/v1/runs/").json()["results"])
+    assert all("call" not in row for row in api.get("/api/v1/runs/").json()["results"])
 
 
 @pytest.mark.django_db
-def test_the_call_costs_the_detail_no_query_of_its_own(token_client, workspace):
+def test_the_call_costs_the_detail_no_query_of_its_own(api, workspace):
     chat = f.RunFactory(path__scenario__workspace=workspace, status="completed", stage="done", verdict="passed")
     voice = voice_run(workspace, **finished_call())
     for run in (chat, voice):
         with CaptureQueriesContext(connection) as queries:
-            assert token_client.get(f"/api/v1/runs/{run.pk}/").status_code == 200
+            assert api.get(f"/api/v1/runs/{run.pk}/").status_code == 200
         # Joined into the run's own query, for voice and chat runs alike.
         assert not [q["sql"] for q in queries if 'FROM "telephony_call"' in q["sql"]]
         assert [q["sql"] for q in queries if 'JOIN "telephony_call"' in q["sql"]]
 
 
 @pytest.mark.django_db
-def test_the_schema_documents_the_call_and_the_recording(token_client):
-    schema = token_client.get("/api/schema/?format=json").json()
+def test_the_schema_documents_the_call_and_the_recording(api):
+    schema = api.get("/api/schema/?format=json").json()
     call = schema["components"]["schemas"]["RunDetail"]["properties"]["call"]
     assert call.get("nullable") is True
     assert "RunCall" in str(call)
@@ -179,10 +172,10 @@ def test_the_player_seeks_with_byte_ranges(member_client, workspace, asked, stat
 
 
 @pytest.mark.django_db
-def test_an_api_token_gets_the_recording(token_client, workspace):
+def test_an_api_token_gets_the_recording(api, workspace):
     run = voice_run(workspace, **finished_call())
     audio = store_recording(run)
-    response = token_client.get(f"/api/v1/runs/{run.pk}/recording/", HTTP_ACCEPT="audio/wav")
+    response = api.get(f"/api/v1/runs/{run.pk}/recording/", HTTP_ACCEPT="audio/wav")
     assert response.status_code == 200 and response["Content-Type"] == "audio/wav"
     assert b"".join(response.streaming_content) == audio
 

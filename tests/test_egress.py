@@ -17,7 +17,6 @@ import pytest
 from aiohttp import web
 
 from assure import egress
-from assure.services import api_token_create
 from runs.connectors import ConnectionContext, ReplyTooLarge, TargetUnreachable, connection_for
 from runs.execution import llm_settings
 from runs.models import Run, Turn
@@ -61,13 +60,6 @@ class RecordingServer:
     def close(self):
         self.http.shutdown()
         self.http.server_close()
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 @pytest.fixture

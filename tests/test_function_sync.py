@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.db import connection, transaction
 
-from assure.services import api_token_create
 from scenarios import services, sync
 from scenarios.models import CustomFunction
 from scenarios.services import function_mark_changed, function_request_sync, function_sync
@@ -99,13 +98,6 @@ def queued(monkeypatch):
     rung = []
     monkeypatch.setattr(services, "ring", lambda task, *args: rung.append((task.name, args)))
     return rung
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 def closed_port() -> int:

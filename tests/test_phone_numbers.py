@@ -6,7 +6,6 @@ place), and a number an armed inbound run has reserved stays as it is until the 
 
 import pytest
 
-from assure.services import api_token_create
 from telephony.models import PhoneNumber
 from tests import factories as f
 
@@ -14,13 +13,6 @@ pytestmark = pytest.mark.django_db
 
 API = "/api/v1/phone-numbers/"
 TAKEN = "This number is already registered."
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ sending each reply and receiving the caller's next message."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,7 +14,7 @@ from runs import services
 from runs.models import Run
 from scenarios.models import Target
 from tests import factories as f
-from tests.support import CeleryWorker, wait_for
+from tests.support import CeleryWorker, FakeTarget, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,43 +33,28 @@ class GapWitness:
         self.gaps: list[float] = []
         self.replied_at: dict[str, float] = {}
         self.lock = threading.Lock()
-        witness = self
+        self.target = FakeTarget(self.answer, replied=self.replied)
+        self.url = self.target.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def session(self, count: int) -> str:
+        return self.target.requests[count - 1]["body"].get("session", "")
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                arrived, session = time.monotonic(), body.get("session", "")
-                with witness.lock:
-                    if session in witness.replied_at:
-                        witness.gaps.append(arrived - witness.replied_at.pop(session))
-                if body.get("text", "").startswith("hostile"):
-                    text = HOSTILE_REPLY
-                else:
-                    time.sleep(0.1)
-                    text = "Noted, go on."
-                data = json.dumps({"reply": text}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                self.wfile.flush()
-                with witness.lock:
-                    witness.replied_at[session] = time.monotonic()
+    def answer(self, message: str, count: int):
+        arrived, session = time.monotonic(), self.session(count)
+        with self.lock:
+            if session in self.replied_at:
+                self.gaps.append(arrived - self.replied_at.pop(session))
+        if message.startswith("hostile"):
+            return 200, {"reply": HOSTILE_REPLY}
+        time.sleep(0.1)
+        return 200, {"reply": "Noted, go on."}
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/chat"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def replied(self, count: int) -> None:
+        with self.lock:
+            self.replied_at[self.session(count)] = time.monotonic()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.target.close()
 
 
 @pytest.fixture

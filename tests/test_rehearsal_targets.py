@@ -5,20 +5,12 @@ import re
 
 import pytest
 
-from assure.services import api_token_create
 from scenarios.models import DEMO_VOICE_NUMBER, Target, loopback_number
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
 
 NEEDS_CHAT = "A rehearsal target needs the chat target whose replies it speaks."
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 @pytest.fixture

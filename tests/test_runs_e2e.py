@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from assure.services import api_token_create
 from runs.models import Run, RunEvent, Turn
 from scenarios.models import Path, Target
 from tests import factories as f
@@ -32,13 +31,6 @@ def workers(django_db_setup, django_db_blocker, live_server, test_redis_url):
     yield started
     for worker in started:
         worker.stop()
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 def demo_scenario(workspace, *, paths: int, script=None, **scenario_fields):

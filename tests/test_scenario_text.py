@@ -47,13 +47,6 @@ EVERY_STEP = [
 ]
 
 
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
-
-
 def rich_scenario(workspace, *, name="Réservations — dîner") -> Scenario:
     agent = f.AgentFactory(workspace=workspace, name="Caller Zoë")
     target = f.TargetFactory(workspace=workspace, name="Bistro bot 🍷")

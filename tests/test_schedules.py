@@ -18,7 +18,6 @@ from django.core.exceptions import ValidationError
 from django.db import connection, connections
 from django.utils import timezone
 
-from assure.services import api_token_create
 from runs import schedules as firing
 from runs import notify, selectors, services, tasks
 from runs.models import Batch, Run, ScheduleFiring
@@ -29,13 +28,6 @@ from tests import factories as f
 from tests.support import CeleryWorker, DaphneServer, FakeTarget, chromium, signed_in_page, wait_for
 
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 def bot_scenario(workspace, bot_url: str, *, paths=("status",)):

@@ -18,7 +18,6 @@ from django.db.migrations.executor import MigrationExecutor
 
 from assure.models import Workspace
 from assure.secrets import SecretUnreadable
-from assure.services import api_token_create
 from runs.models import Run
 from scenarios.models import Agent, CustomFunction, Target
 from tests import factories as f
@@ -28,13 +27,6 @@ from tests.test_admin import change_url, submitted_data
 HOST_CHANGED = "The URL's host changed: enter the headers again (or {} for none) so they are not sent to the new host."
 TARGET_CHANGED = ("The target's URL or secret headers changed after this run was queued; retry it to use the "
                   "current target.")
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 def raw_column(model, field_name: str) -> list[str]:

@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-from assure.services import api_token_create
 from runs.models import Run
 from scenarios.models import Target, loopback_number
 from telephony.loopback.calls import Destination
@@ -47,13 +46,6 @@ def stack(django_db_setup, django_db_blocker, test_redis_url, tmp_path_factory):
     yield voice
     voice.stop()
     settings.MEDIA_ROOT = previous
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 def ended(run_id, timeout=60) -> Run:

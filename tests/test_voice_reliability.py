@@ -26,7 +26,6 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from assure.services import api_token_create
 from runs.execution import execute
 from runs.models import Run, Turn
 from runs.recorder import db
@@ -71,13 +70,6 @@ def stack(django_db_setup, django_db_blocker, test_redis_url, tmp_path_factory, 
                            web_env={**env, "RUN_HEARTBEAT_SECONDS": "1"}, public_base_url=True)
     yield voice
     voice.stop()
-
-
-@pytest.fixture
-def api(client, workspace):
-    _, key = api_token_create(workspace=workspace, name="tests")
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
-    return client
 
 
 @pytest.fixture
