@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef
+from django.db.models import Count, Exists, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -145,32 +145,38 @@ def _new_run(*, path: Path, batch: Batch | None, retry_of: Run | None, created_b
 
 
 def _queued_after_commit(runs) -> None:
-    """Tell the pages that show them that these runs are queued (a paused queue admits nothing,
-    so no later change would), then admit."""
+    """Admit right after the commit, then tell the pages that show them which of these runs are
+    still queued (a paused queue admits nothing, so no later change would). Admission first: it
+    is what the enqueue → materializing latency waits for, and it announces the runs it admits."""
     run_ids = [str(run.pk) for run in runs]
+    workspace_id = runs[0].workspace_id
 
-    def publish():
+    def admit_then_publish():
+        admitted = {str(run_id) for run_id in _admit_now(workspace_id)}
+        queued = [run_id for run_id in run_ids if run_id not in admitted]
+        if not queued:
+            return
         try:
-            dispatch.publish_run_changed(*run_ids)
+            dispatch.publish_run_changed(*queued)
         except Exception:  # a page missing this catches up on its next resume; the runs are saved
-            logger.warning("could not publish newly queued runs %s", run_ids, exc_info=True)
+            logger.warning("could not publish newly queued runs %s", queued, exc_info=True)
 
-    transaction.on_commit(publish)
-    _admit_after_commit(runs[0].workspace_id)
+    transaction.on_commit(admit_then_publish)
+
+
+def _admit_now(workspace_id) -> list:
+    """Admit in this process: a Celery round trip here was most of the enqueue → materializing
+    latency. Should it fail, a worker (or the sweep) does it instead."""
+    try:
+        return admit_pending_runs(workspace_id=workspace_id)
+    except Exception:
+        logger.warning("admission after commit failed; queued for a worker", exc_info=True)
+        dispatch.admit_runs(workspace_id)
+        return []
 
 
 def _admit_after_commit(workspace_id) -> None:
-    """Admit right after the commit, in this process: a Celery round trip here was most of the
-    enqueue → materializing latency. Should it fail, a worker (or the sweep) does it instead."""
-
-    def admit():
-        try:
-            admit_pending_runs(workspace_id=workspace_id)
-        except Exception:
-            logger.warning("admission after commit failed; queued for a worker", exc_info=True)
-            dispatch.admit_runs(workspace_id)
-
-    transaction.on_commit(admit)
+    transaction.on_commit(lambda: _admit_now(workspace_id))
 
 
 @transaction.atomic
@@ -349,8 +355,9 @@ def admit_pending_runs(*, workspace_id) -> list:
     Steps: lock the workspace row (PostgreSQL: ``SELECT … FOR UPDATE``; SQLite: the IMMEDIATE
     transaction holds the database write lock), so admissions of one workspace are serialized
     across every worker and process; count the runs past queued; walk the pending runs oldest
-    first, skipping those whose scenario is at its own bound; move each admitted run with a
-    conditional update. The bound therefore holds at every instant.
+    first, skipping those whose scenario is at its own bound, and lock the chosen ones; move them
+    all with one update and record their events with one insert. The bound therefore holds at
+    every instant.
     """
     if not Run.objects.filter(workspace_id=workspace_id, status=S.PENDING).exists():
         return []  # the common case when a run ends: nothing waits, so no lock is taken
@@ -365,30 +372,50 @@ def admit_pending_runs(*, workspace_id) -> list:
         if free <= 0:
             return []
         per_scenario = dict(active.values_list("scenario_id").annotate(n=Count("id")).order_by())
-        pending = (
-            Run.objects.filter(workspace_id=workspace_id, status=S.PENDING)
-            .order_by("created_at", "id")
-            .values_list("id", "scenario_id", "scenario__max_parallel_runs")
-        )
-        admitted = []
-        now = timezone.now()
-        for run_id, scenario_id, scenario_bound in pending.iterator(chunk_size=200):
-            if len(admitted) >= free:
-                break
-            if scenario_bound is not None and per_scenario.get(scenario_id, 0) >= scenario_bound:
-                continue
-            changed = Run.objects.filter(pk=run_id, status=S.PENDING).update(
-                status=S.RUNNING, stage=G.MATERIALIZING, admitted_at=now, heartbeat_at=now
-            )
-            if changed:
-                _record(run_id, from_status=S.PENDING, to_status=S.RUNNING, from_stage=G.QUEUED,
-                        to_stage=G.MATERIALIZING, at=now)
-                per_scenario[scenario_id] = per_scenario.get(scenario_id, 0) + 1
-                admitted.append(run_id)
+        admitted = _choose_admitted(workspace_id, free, per_scenario)
         if admitted:
+            now = timezone.now()
+            Run.objects.filter(pk__in=admitted, status=S.PENDING).update(
+                status=S.RUNNING, stage=G.MATERIALIZING, admitted_at=now, heartbeat_at=now)
+            RunEvent.objects.bulk_create([
+                RunEvent(run_id=run_id, at=now, from_status=S.PENDING, to_status=S.RUNNING,
+                         from_stage=G.QUEUED, to_stage=G.MATERIALIZING)
+                for run_id in admitted
+            ])
             ids = [str(i) for i in admitted]
             transaction.on_commit(lambda: dispatch.execute_runs(ids))
         return admitted
+
+
+ADMISSION_CHUNK = 200
+
+
+def _choose_admitted(workspace_id, free: int, per_scenario: dict) -> list:
+    """Up to ``free`` pending runs, oldest first, none past its scenario's own bound; locked.
+
+    Read a chunk at a time by position (created_at, id), each chunk whole before the next: SQLite
+    gives no isolation between a cursor and writes on the same connection, and a cursor left open
+    over the rows being admitted skipped some of them.
+    """
+    chosen = []
+    after = None
+    while len(chosen) < free:
+        pending = Run.objects.filter(workspace_id=workspace_id, status=S.PENDING)
+        if after is not None:
+            pending = pending.filter(Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1]))
+        chunk = list(pending.order_by("created_at", "id").select_for_update(of=("self",))
+                     .values_list("id", "scenario_id", "scenario__max_parallel_runs", "created_at")[:ADMISSION_CHUNK])
+        for run_id, scenario_id, scenario_bound, _ in chunk:
+            if len(chosen) >= free:
+                break
+            if scenario_bound is not None and per_scenario.get(scenario_id, 0) >= scenario_bound:
+                continue
+            per_scenario[scenario_id] = per_scenario.get(scenario_id, 0) + 1
+            chosen.append(run_id)
+        if len(chunk) < ADMISSION_CHUNK:
+            break
+        after = (chunk[-1][3], chunk[-1][0])
+    return chosen
 
 
 def workspace_queue_pause(*, workspace: Workspace) -> None:

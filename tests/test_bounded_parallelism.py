@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 from runs import live, services
-from runs.models import Run
+from runs.models import Run, RunEvent
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,3 +72,31 @@ def test_a_terminal_run_never_changes(monkeypatch, workspace):
     run.refresh_from_db()
     assert (run.status, run.failure_reason) == ("cancelled", "")
     assert list(run.events.values_list("to_status", flat=True)) == ["pending", "running", "cancelled"]
+
+
+def test_one_admission_takes_every_pending_run_that_fits(monkeypatch, settings, workspace):
+    """More pending runs than one read chunk, some of a scenario with a bound of its own: one
+    admission takes all that fit, oldest first, each with its event."""
+    monkeypatch.setattr(live, "ring", lambda task, *args: None)
+    settings.MAX_PARALLEL_RUNS_PER_WORKSPACE = 1010
+    workspace.max_parallel_runs = 1010
+    workspace.queue_paused = True
+    workspace.save()
+    free, bounded = f.ScenarioFactory(workspace=workspace), f.ScenarioFactory(workspace=workspace, max_parallel_runs=5)
+    batch_free, _ = services.scenario_run_all(scenario=_with_paths(free, 1000))
+    batch_bounded, _ = services.scenario_run_all(scenario=_with_paths(bounded, 20))
+    type(workspace).objects.filter(pk=workspace.pk).update(queue_paused=False)
+
+    admitted = services.admit_pending_runs(workspace_id=workspace.pk)
+
+    assert len(admitted) == 1005
+    assert Run.objects.filter(batch=batch_free, status="running").count() == 1000
+    assert set(Run.objects.filter(batch=batch_bounded, status="running").values_list("pk", flat=True)) == set(
+        Run.objects.filter(batch=batch_bounded).order_by("created_at", "id").values_list("pk", flat=True)[:5])
+    assert RunEvent.objects.filter(run_id__in=admitted, to_stage="materializing").count() == 1005
+
+
+def _with_paths(scenario, n: int):
+    for i in range(n):
+        f.PathFactory(scenario=scenario, name=f"p{i:03d}")
+    return scenario
