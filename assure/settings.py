@@ -267,6 +267,10 @@ RUN_SHUTDOWN_GRACE_SECONDS = env_int("RUN_SHUTDOWN_GRACE_SECONDS", 10, minimum=0
 # The most conversations one worker process holds at once, whatever the workspaces' bounds add up
 # to; admitted runs beyond it wait in that process, unclaimed, or are taken by another process.
 WORKER_MAX_CONVERSATIONS = env_int("WORKER_MAX_CONVERSATIONS", 500, minimum=1, maximum=100_000)
+# A worker process at its cap holds a hand-over task this long waiting for room, so Celery gives
+# the next runs to a process with room; past it, the runs wait in the process as above. Other
+# tasks (webhooks, the sweep) wait at most this long behind full processes.
+WORKER_HANDOVER_WAIT_SECONDS = env_float("WORKER_HANDOVER_WAIT_SECONDS", 5.0, minimum=0.0, maximum=60.0)
 # Where workers reach the built-in demo target, which the web process serves.
 DEMO_TARGET_URL = env_url("DEMO_TARGET_URL", schemes=("http", "https")) or (
     f"http://127.0.0.1:{env_int('PORT', 8000, minimum=1, maximum=65535)}/demo-target/chat/"

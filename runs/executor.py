@@ -56,18 +56,39 @@ class ConversationHost:
         # fastest client under concurrency), with no per-host connection cap. It obeys the egress
         # policy and keeps no cookies: runs of every workspace share it.
         self.http = egress.client_session()
+        self.room = asyncio.Event()  # set when a conversation ends and the cap has room again
         publish_from_loop(self.loop)
 
-    def submit(self, run_id: str) -> None:
-        self.loop.call_soon_threadsafe(self._start, run_id)
+    def hand_over(self, run_ids: list[str], *, wait: float) -> None:
+        """Take ``run_ids``, from a Celery task of this process; returns once this process's loop
+        has taken them, having waited up to ``wait`` seconds for room under the cap.
 
-    def _start(self, run_id: str) -> None:
-        if run_id in self.holder.tasks or run_id in self.waiting:
-            return
-        if len(self.holder.tasks) >= settings.WORKER_MAX_CONVERSATIONS:
-            self.waiting.append(run_id)
-        else:
-            self._take(run_id)
+        The task holds its pool process while it waits, so Celery gives the next runs to a pool
+        process with room (it sends tasks to idle ones only), and runs no process has room for stay
+        in the broker. A process whose loop is busy also takes longer to answer, which spreads a
+        batch by load. Past ``wait`` the rest wait in this process, unclaimed, as before.
+        """
+        done = asyncio.run_coroutine_threadsafe(self._take_when_room(run_ids, wait), self.loop)
+        done.result()
+
+    async def _take_when_room(self, run_ids: list[str], wait: float) -> None:
+        deadline = self.loop.time() + wait
+        for run_id in run_ids:
+            if run_id in self.holder.tasks or run_id in self.waiting:
+                continue
+            while self._full() and self.loop.time() < deadline:
+                self.room.clear()
+                try:
+                    await asyncio.wait_for(self.room.wait(), deadline - self.loop.time())
+                except TimeoutError:
+                    break
+            if self._full():
+                self.waiting.append(run_id)
+            else:
+                self._take(run_id)
+
+    def _full(self) -> bool:
+        return len(self.holder.tasks) >= settings.WORKER_MAX_CONVERSATIONS
 
     def _take(self, run_id: str) -> None:
         task = self.holder.hold(run_id, execute(run_id, worker=self.holder.name, http=self.http))
@@ -75,10 +96,12 @@ class ConversationHost:
         task.add_done_callback(self._start_waiting)
 
     def _start_waiting(self, _finished) -> None:
-        while self.waiting and len(self.holder.tasks) < settings.WORKER_MAX_CONVERSATIONS:
+        while self.waiting and not self._full():
             run_id = self.waiting.popleft()
             if run_id not in self.holder.tasks:
                 self._take(run_id)
+        if not self._full():
+            self.room.set()
 
 
 _host: ConversationHost | None = None

@@ -1,6 +1,7 @@
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from celery.signals import worker_process_init, worker_process_shutdown
 
 # runs.notify and runs.schedules import runs.dispatch, which imports this module: each only reads
@@ -43,9 +44,7 @@ def execute_runs(run_ids: list[str]) -> None:
     # and only a worker needs the conversation loop and its connectors.
     from runs.executor import get_host
 
-    host = get_host()
-    for run_id in run_ids:
-        host.submit(run_id)
+    get_host().hand_over(run_ids, wait=settings.WORKER_HANDOVER_WAIT_SECONDS)
 
 
 @shared_task(ignore_result=True)
