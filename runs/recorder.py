@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from runs.live import group_send
 from runs.models import Run, ToolInvocation, Turn
+from runs.writer import writer
 
 # ORM calls leave the event loop for these threads; each keeps its own database connection.
 # SQLite has one writer at a time, and writers that collide back off by sleeping in its busy
@@ -70,14 +71,14 @@ class DbRecorder:
         text = capped_text(text)
         row = {"seq": self.turn_seq, "speaker": speaker, "text": text, "started_ms": started_ms,
                "ended_ms": ended_ms, "latency_ms": latency_ms, "is_error": is_error}
-        if await db(save_if_running, Turn, self.run_id, row):
+        if await writer().save(Turn, self.run_id, row):
             await self._publish({"type": "run.turn", "run": str(self.run_id), **row})
 
     async def tool(self, *, name, arguments, result, at_ms, duration_ms=None, status="ok"):
         self.tool_seq += 1
         row = {"seq": self.tool_seq, "name": name, "arguments": arguments, "result": result,
                "at_ms": at_ms, "duration_ms": duration_ms, "status": status}
-        if await db(save_if_running, ToolInvocation, self.run_id, row):
+        if await writer().save(ToolInvocation, self.run_id, row):
             await self._publish({"type": "run.tool", "run": str(self.run_id), **row})
 
     async def _publish(self, message: dict) -> None:

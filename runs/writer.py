@@ -1,0 +1,114 @@
+"""Group commit of transcript rows: the turns and tool invocations of every conversation an event
+loop holds are written together, one transaction per flush, instead of one per row.
+
+With hundreds of conversations on a loop, a row per transaction made every turn wait its turn for
+the database thread (SQLite has one writer; PostgreSQL pays a commit per row). A flush starts as
+soon as a row arrives and nothing is being written; rows that arrive meanwhile go in the next
+flush, so a quiet loop adds no delay and a busy one writes in batches. Each caller still waits for
+its own row's commit: "saved before pushed" holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from runs import recorder  # its module, not its names: the recorder imports this module
+from runs.models import Run
+
+logger = logging.getLogger(__name__)
+
+_writers: dict[int, TranscriptWriter] = {}
+
+
+class TranscriptWriter:
+    """One per event loop: the rows waiting for the next flush, and whether one is under way."""
+
+    def __init__(self):
+        self.pending: list[tuple[type, str, dict, asyncio.Future]] = []
+        self.flushing = False
+
+    async def save(self, model, run_id, row: dict) -> bool:
+        """Insert ``row`` for ``run_id`` unless the run has ended; True when it was saved."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((model, str(run_id), row, future))
+        if not self.flushing:
+            self.flushing = True
+            asyncio.ensure_future(self._flush_all())
+        return await future
+
+    async def _flush_all(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    outcomes = await recorder.db(save_rows, [(model, run_id, row) for model, run_id, row, _ in batch])
+                except BaseException as exc:  # the database thread's error is every waiting row's
+                    outcomes = [exc] * len(batch)
+                    if not isinstance(exc, Exception):
+                        raise
+                    # A connection error, say: each row is its conversation's to handle, as before.
+                for (*_, future), outcome in zip(batch, outcomes):
+                    if future.done():  # its conversation was cancelled meanwhile
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self.flushing = False
+
+
+def writer() -> TranscriptWriter:
+    loop_id = id(asyncio.get_running_loop())
+    return _writers.get(loop_id) or _writers.setdefault(loop_id, TranscriptWriter())
+
+
+def save_rows(rows: list[tuple[type, str, dict]]) -> list[bool | Exception]:
+    """Save each ``(model, run id, row)`` whose run is still running, in one transaction.
+
+    The runs' status is read inside the transaction that inserts: the same check-then-insert as
+    ``save_if_running``, for many rows at once. Should the batch fail as a whole (a row breaking
+    a constraint), each row is tried on its own, so only its own conversation sees the error.
+    """
+    try:
+        with transaction.atomic():
+            running = {str(pk) for pk in Run.objects.filter(
+                pk__in={run_id for _, run_id, _ in rows}, status=Run.Status.RUNNING).values_list("pk", flat=True)}
+            groups = defaultdict(list)
+            for model, run_id, row in rows:
+                if run_id in running:
+                    groups[(model, tuple(row))].append((run_id, row))
+            now = timezone.now()
+            for (model, names), members in groups.items():
+                _insert_many(model, names, members, now)
+        return [run_id in running for _, run_id, _ in rows]
+    except DatabaseError:
+        logger.info("a transcript flush of %d rows failed as a whole; saving them one by one", len(rows))
+    outcomes = []
+    for model, run_id, row in rows:
+        try:
+            outcomes.append(recorder.save_if_running(model, run_id, row))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _insert_many(model, names: tuple[str, ...], members: list[tuple[str, dict]], now) -> None:
+    """One ``executemany`` of a plain INSERT: the ORM's ``bulk_create`` spent most of a flush
+    compiling its statement, row by row."""
+    with_created = any(field.name == "created_at" for field in model._meta.concrete_fields)
+    fields = [model._meta.get_field(name) for name in ("run_id", *names, *(("created_at",) if with_created else ()))]
+    quote = connection.ops.quote_name
+    sql = (f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    params = []
+    for run_id, row in members:
+        values = (run_id, *(row[name] for name in names), *((now,) if with_created else ()))
+        params.append([field.get_db_prep_save(value, connection) for field, value in zip(fields, values)])
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)

@@ -1,0 +1,80 @@
+"""Group commit of transcript rows (``runs.writer``): rows of many conversations saved together,
+each caller told whether its own row was saved, and one bad row failing only its own caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from runs import services, writer
+from runs.models import ToolInvocation, Turn
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the database threads see committed rows only
+
+
+def turn(seq: int, text: str = "hello") -> dict:
+    return {"seq": seq, "speaker": "target", "text": text, "started_ms": seq * 10, "ended_ms": seq * 10 + 5,
+            "latency_ms": 5, "is_error": False}
+
+
+def running_runs(workspace, n: int):
+    scenario = f.ScenarioFactory(workspace=workspace)
+    return [f.RunFactory(path=f.PathFactory(scenario=scenario), status="running", stage="live", worker="worker:test")
+            for _ in range(n)]
+
+
+def test_rows_of_many_conversations_are_saved_and_each_caller_hears_of_its_own(workspace):
+    runs = running_runs(workspace, 3)
+    services.run_cancel(run_id=runs[2].pk)  # ended: its rows must not land
+
+    async def converse(run, n):
+        return [await writer.writer().save(Turn, run.pk, turn(seq)) for seq in range(1, n + 1)]
+
+    async def all_at_once():
+        return await asyncio.gather(converse(runs[0], 5), converse(runs[1], 5), converse(runs[2], 2),
+                                    writer.writer().save(ToolInvocation, runs[0].pk, {
+                                        "seq": 1, "name": "end_call", "arguments": {"why": "done"},
+                                        "result": {"ok": True}, "at_ms": 7, "duration_ms": 1, "status": "ok"}))
+
+    first, second, cancelled, tool = async_to_sync(all_at_once)()
+
+    assert (first, second, cancelled, tool) == ([True] * 5, [True] * 5, [False] * 2, True)
+    for run in runs[:2]:
+        assert list(Turn.objects.filter(run=run).order_by("seq").values_list("seq", "text")) == [
+            (seq, "hello") for seq in range(1, 6)]
+    assert not Turn.objects.filter(run=runs[2]).exists()
+    assert ToolInvocation.objects.get(run=runs[0]).arguments == {"why": "done"}
+
+
+def test_rows_that_arrive_together_share_one_flush(workspace):
+    runs = running_runs(workspace, 20)
+
+    async def together():
+        return await asyncio.gather(*(writer.writer().save(Turn, run.pk, turn(1)) for run in runs))
+
+    saved = async_to_sync(together)()
+
+    assert saved == [True] * 20
+    assert Turn.objects.filter(run__in=runs).count() == 20
+    # All twenty were written by one flush: they share its created_at.
+    assert Turn.objects.filter(run__in=runs).values("created_at").distinct().count() == 1
+
+
+def test_a_row_that_breaks_a_constraint_fails_only_its_own_caller(workspace):
+    good, bad = running_runs(workspace, 2)
+    Turn.objects.create(run=bad, **turn(1, "already there"))
+
+    async def together():
+        return await asyncio.gather(writer.writer().save(Turn, good.pk, turn(1)),
+                                    writer.writer().save(Turn, bad.pk, turn(1)),  # the same seq again
+                                    return_exceptions=True)
+
+    saved_good, saved_bad = async_to_sync(together)()
+
+    assert saved_good is True
+    assert isinstance(saved_bad, Exception)
+    assert Turn.objects.get(run=good).text == "hello"
+    assert Turn.objects.get(run=bad).text == "already there"
