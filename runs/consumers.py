@@ -2,8 +2,8 @@
 tool invocations and stage changes; ``scenario-<id>`` path statuses; ``workspace-<id>`` the queue.
 
 Pages render from the database, then apply what arrives here. Messages to the browser:
-``{"type": "turn" | "tool", "seq", "html"}`` (appended in sequence order), ``{"type": "replace",
-"id", "html"}`` (an element replaced whole), ``{"type": "latency", "ms"}``. The browser sends
+``{"type": "turn" | "tool", "seq", "html"}`` (appended in sequence order; a target's turn also
+has ``latency_ms``), ``{"type": "replace", "id", "html"}`` (an element replaced whole). The browser sends
 ``{"type": "resume", "turn_seq", "tool_seq"}`` on every (re)connect and on a gap, and gets every
 row after those numbers from the database: nothing is lost on a flaky connection.
 """
@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from dataclasses import dataclass
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db.models import OuterRef, Subquery
 from django.template.loader import render_to_string
 
 from assure.models import Membership
-from runs import selectors
+from runs import live, selectors
 from runs.models import Run, ToolInvocation, Turn
 
 TERMINAL = {s.value for s in (Run.Status.COMPLETED, Run.Status.FAILED, Run.Status.CANCELLED)}
@@ -46,6 +50,16 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups_to_join:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+
+    async def dispatch(self, message):
+        # Channels' dispatch first closes stale database connections, a hop to a thread and back
+        # before every message: for a run watched by 100 pages that is 100 hops per turn, all
+        # through one thread. Every query here runs through ``database_sync_to_async``, which
+        # closes stale connections itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def disconnect(self, code):
         for group in self.groups_to_join:
@@ -91,9 +105,11 @@ class RunConsumer(LiveConsumer):
 
     The socket's cursors are the last sequence numbers it has sent; they start at the page's
     first ``resume`` (rows pushed before it are left to the resume's read of the database; state
-    changes are sent regardless). A push that skips ahead (an earlier one was dropped: pushes are
-    doorbells) and every state change bring what is missing from the database, so a lost push is
-    healed by the next one.
+    changes are sent regardless). A push carries the row's frame, rendered once where the row was
+    saved, and is forwarded as it is. A push that skips ahead (an earlier one was dropped: pushes
+    are doorbells), one without its frame (too large to push), and every state change that shows
+    rows this socket lacks bring what is missing from the database, so a lost push is healed by
+    the next one.
     """
 
     turn_cursor: int | None = None
@@ -115,62 +131,115 @@ class RunConsumer(LiveConsumer):
     async def resume(self, turn_seq: int, tool_seq: int) -> None:
         """Everything after the client's sequence numbers, then the run's current state."""
         self.turn_cursor, self.tool_cursor = turn_seq, tool_seq
-        await self.catch_up(with_state=True)
+        frames, state = await database_sync_to_async(self._since_cursors_and_state)()
+        await self.send_rows(frames)
+        await self.send_state(state)
 
-    async def catch_up(self, *, with_state: bool) -> None:
-        """The rows after this socket's cursors, from the database (and the run's state)."""
-        turns, tools, state = await database_sync_to_async(self._since_cursors)(with_state)
-        for turn in turns:
-            await self.send_turn(turn)
-        for tool in tools:
-            await self.send_tool(tool)
-        if state:
-            await self.replace("run-header", state[0])
-            await self.replace("run-summary", state[1])
+    async def catch_up(self) -> None:
+        """The rows after this socket's cursors, from the database."""
+        await self.send_rows(await database_sync_to_async(self._since_cursors)())
 
-    def _since_cursors(self, with_state: bool):
-        turns = tools = []
-        if self.turn_cursor is not None:  # before the page's first resume its position is unknown
-            turns = list(Turn.objects.filter(run_id=self.run_id, seq__gt=self.turn_cursor).order_by("seq").values(
-                "seq", "speaker", "text", "started_ms", "latency_ms", "is_error"))
-            tools = list(ToolInvocation.objects.filter(run_id=self.run_id, seq__gt=self.tool_cursor).order_by("seq")
-                         .values("seq", "name", "arguments", "result", "at_ms", "status"))
-        return turns, tools, self._render_state() if with_state else None
+    def _since_cursors_and_state(self):
+        return self._since_cursors(), render_run_state(self.run_id, roles=(self.can_edit,))
 
-    async def send_turn(self, turn: dict) -> None:
-        self.turn_cursor = turn["seq"]
-        await self.send_json({"type": "turn", "seq": turn["seq"], "html": render_to_string("runs/partials/turn.html", {"turn": turn})})
-        if turn.get("latency_ms") is not None:
-            await self.send_json({"type": "latency", "ms": turn["latency_ms"]})
+    def _since_cursors(self) -> list[tuple[str, int, str]]:
+        """(kind, seq, frame) of each row after the cursors, turns first, rendered here, off the loop."""
+        if self.turn_cursor is None:  # before the page's first resume its position is unknown
+            return []
+        turns = Turn.objects.filter(run_id=self.run_id, seq__gt=self.turn_cursor).order_by("seq").values(
+            "seq", "speaker", "text", "started_ms", "latency_ms", "is_error")
+        tools = ToolInvocation.objects.filter(run_id=self.run_id, seq__gt=self.tool_cursor).order_by("seq").values(
+            "seq", "name", "arguments", "result", "at_ms", "status")
+        return ([("turn", turn["seq"], live.turn_frame(turn)) for turn in turns]
+                + [("tool", tool["seq"], live.tool_frame(tool)) for tool in tools])
 
-    async def send_tool(self, tool: dict) -> None:
-        self.tool_cursor = tool["seq"]
-        await self.send_json({"type": "tool", "seq": tool["seq"], "html": render_to_string("runs/partials/tool.html", {"tool": tool})})
+    async def send_rows(self, rows: list[tuple[str, int, str]]) -> None:
+        for kind, seq, frame in rows:
+            if kind == "turn":
+                self.turn_cursor = seq
+            else:
+                self.tool_cursor = seq
+            await self.send(text_data=frame)
 
-    def _render_state(self) -> tuple[str, str]:
-        run = Run.objects.prefetch_related("criteria_results").get(pk=self.run_id)
-        context = {"run": run, "timeline": selectors.timeline(run), "can_edit": self.can_edit}
-        return (render_to_string("runs/partials/run_header.html", context),
-                render_to_string("runs/partials/run_summary.html", context))
+    async def send_state(self, state: RunState) -> None:
+        await self.send(text_data=state.headers[self.can_edit])
+        await self.send(text_data=state.summary)
 
     async def run_turn(self, event):
         if self.turn_cursor is None or event["seq"] <= self.turn_cursor:
             return  # before the page's first resume (which reads it), or already sent
-        if event["seq"] == self.turn_cursor + 1:
-            await self.send_turn(event)
+        if event["seq"] == self.turn_cursor + 1 and "frame" in event:
+            self.turn_cursor = event["seq"]
+            await self.send(text_data=event["frame"])
         else:
-            await self.catch_up(with_state=False)
+            await self.catch_up()
 
     async def run_tool(self, event):
         if self.tool_cursor is None or event["seq"] <= self.tool_cursor:
             return
-        if event["seq"] == self.tool_cursor + 1:
-            await self.send_tool(event)
+        if event["seq"] == self.tool_cursor + 1 and "frame" in event:
+            self.tool_cursor = event["seq"]
+            await self.send(text_data=event["frame"])
         else:
-            await self.catch_up(with_state=False)
+            await self.catch_up()
 
     async def run_changed(self, event):
-        await self.catch_up(with_state=True)
+        state = await shared_run_state(self.run_id, event.get("change"))
+        if self.turn_cursor is not None and (
+                state.last_turn_seq > self.turn_cursor or state.last_tool_seq > self.tool_cursor):
+            await self.catch_up()
+        await self.send_state(state)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """The run page's header (by whether the viewer may edit) and summary, as frames to forward,
+    and the last rows saved when they were read."""
+
+    headers: dict[bool, str]
+    summary: str
+    last_turn_seq: int
+    last_tool_seq: int
+
+
+def render_run_state(run_id, *, roles=(True, False)) -> RunState:
+    """The run's state for its page, rendered for each of ``roles`` (may the viewer edit?)."""
+    run = (Run.objects.prefetch_related("criteria_results")
+           .annotate(last_turn_seq=_last_seq(Turn), last_tool_seq=_last_seq(ToolInvocation)).get(pk=run_id))
+    context = {"run": run, "timeline": selectors.timeline(run)}
+    headers = {can_edit: _replace_frame("run-header", render_to_string(
+        "runs/partials/run_header.html", {**context, "can_edit": can_edit})) for can_edit in roles}
+    return RunState(headers=headers,
+                    summary=_replace_frame("run-summary", render_to_string("runs/partials/run_summary.html", context)),
+                    last_turn_seq=run.last_turn_seq or 0, last_tool_seq=run.last_tool_seq or 0)
+
+
+def _last_seq(model) -> Subquery:
+    return Subquery(model.objects.filter(run=OuterRef("pk")).order_by("-seq").values("seq")[:1])
+
+
+def _replace_frame(element_id: str, html: str) -> str:
+    return json.dumps({"type": "replace", "id": element_id, "html": html})
+
+
+# A state change reaches every page of the run at once: the pages in this process render it once
+# between them, each taking the header for its viewer's role. Kept a few seconds, for pages whose
+# queue is behind; a page that comes later renders its own.
+SHARED_STATE_SECONDS = 10.0
+_shared_states: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
+
+
+async def shared_run_state(run_id: str, change: str | None) -> RunState:
+    if change is None:  # a publisher that does not name its changes
+        return await database_sync_to_async(render_run_state)(run_id)
+    now = time.monotonic()
+    key = (run_id, change)
+    if key not in _shared_states:
+        for stale in [old for old, (at, _) in _shared_states.items() if now - at > SHARED_STATE_SECONDS]:
+            del _shared_states[stale]
+        _shared_states[key] = (now, asyncio.ensure_future(database_sync_to_async(render_run_state)(run_id)))
+    # Shielded: a page that closes while waiting must not cancel the render the others wait for.
+    return await asyncio.shield(_shared_states[key][1])
 
 
 class ScenarioConsumer(LiveConsumer):

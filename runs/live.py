@@ -8,10 +8,13 @@ fails or delays the change that rang it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.template.loader import render_to_string
 
 from assure.doorbell import ring  # noqa: F401  (re-exported: runs code rings through here)
 
@@ -71,10 +74,13 @@ async def _send_all(messages: list[tuple[list[str], dict]]) -> None:
 def publish_run_changed(*run_ids) -> None:
     """Tell every page that shows these runs that their status or stage changed.
 
-    From a process without a long-lived loop (a web request), all messages go out in one
+    Each change carries a token of its own: the run pages of one daphne process that receive it
+    render the run's new state once between them (``runs.consumers``), not once each. From a
+    process without a long-lived loop (a web request), all messages go out in one
     ``async_to_sync`` call, so one Redis connection serves a whole batch.
     """
-    messages = [(groups, {"type": "run.changed", "run": run_id}) for run_id, groups in run_groups(run_ids).items()]
+    messages = [(groups, {"type": "run.changed", "run": run_id, "change": uuid.uuid4().hex})
+                for run_id, groups in run_groups(run_ids).items()]
     if not messages:
         return
     loop = _event_loop
@@ -82,3 +88,47 @@ def publish_run_changed(*run_ids) -> None:
         asyncio.run_coroutine_threadsafe(_send_all(messages), loop)
     else:
         async_to_sync(_send_all)(messages)
+
+
+# Transcript pushes: the browser's frame is rendered and encoded once, where the row was saved, and
+# every run page's socket forwards it as it is. A run watched by 100 pages used to render each
+# turn 100 times on daphne's event loop.
+
+# Every turn's frame fits (20,000 characters, each escaped to at most 12), so this bounds only a
+# huge tool invocation: its push goes without the frame, and each page reads the row from the
+# database instead. The Redis channel layer has no size limit of its own; its queues hold 100
+# messages a channel.
+MAX_FRAME_CHARS = 256 * 1024
+
+
+def turn_frame(turn: dict) -> str:
+    """The run page's frame for one turn (``seq``, ``speaker``, ``text``, ``started_ms``,
+    ``latency_ms``, ``is_error``): its transcript line, and its latency for the page's gauge."""
+    frame = {"type": "turn", "seq": turn["seq"], "html": render_to_string("runs/partials/turn.html", {"turn": turn})}
+    if turn.get("latency_ms") is not None:
+        frame["latency_ms"] = turn["latency_ms"]
+    return json.dumps(frame)
+
+
+def tool_frame(tool: dict) -> str:
+    """The run page's frame for one tool invocation (``seq``, ``name``, ``arguments``, ``result``,
+    ``at_ms``, ``status``)."""
+    return json.dumps({"type": "tool", "seq": tool["seq"],
+                       "html": render_to_string("runs/partials/tool.html", {"tool": tool})})
+
+
+def turn_message(run_id, turn: dict) -> dict:
+    """The ``run.turn`` message of a saved turn, for the run's group."""
+    return _row_message("run.turn", run_id, turn["seq"], turn_frame(turn))
+
+
+def tool_message(run_id, tool: dict) -> dict:
+    """The ``run.tool`` message of a saved tool invocation, for the run's group."""
+    return _row_message("run.tool", run_id, tool["seq"], tool_frame(tool))
+
+
+def _row_message(kind: str, run_id, seq: int, frame: str) -> dict:
+    message = {"type": kind, "run": str(run_id), "seq": seq}
+    if len(frame) <= MAX_FRAME_CHARS:
+        message["frame"] = frame
+    return message

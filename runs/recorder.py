@@ -8,6 +8,7 @@ daphne, where the ConversationRelay websocket of a call lands — without starti
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,11 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from runs.live import group_send
+from runs.live import group_send, tool_message, turn_message
 from runs.models import Run, ToolInvocation, Turn
 from runs.writer import writer
+
+logger = logging.getLogger(__name__)
 
 # ORM calls leave the event loop for these threads; each keeps its own database connection.
 # SQLite has one writer at a time, and writers that collide back off by sleeping in its busy
@@ -58,6 +61,9 @@ def capped_text(text: str) -> str:
     return text if len(text) <= MAX_TURN_CHARS else text[:MAX_TURN_CHARS] + TRUNCATED_MARKER
 
 
+_pushes_in_flight: set[asyncio.Task] = set()
+
+
 class DbRecorder:
     """Persists each turn and tool invocation first, then publishes it to the run's group."""
 
@@ -65,6 +71,7 @@ class DbRecorder:
         self.run_id = run_id
         self.turn_seq = 0
         self.tool_seq = 0
+        self._last_push: asyncio.Task | None = None
 
     async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False):
         self.turn_seq += 1
@@ -72,17 +79,35 @@ class DbRecorder:
         row = {"seq": self.turn_seq, "speaker": speaker, "text": text, "started_ms": started_ms,
                "ended_ms": ended_ms, "latency_ms": latency_ms, "is_error": is_error}
         if await writer().save(Turn, self.run_id, row):
-            await self._publish({"type": "run.turn", "run": str(self.run_id), **row})
+            self._push(turn_message, row)
 
     async def tool(self, *, name, arguments, result, at_ms, duration_ms=None, status="ok"):
         self.tool_seq += 1
         row = {"seq": self.tool_seq, "name": name, "arguments": arguments, "result": result,
                "at_ms": at_ms, "duration_ms": duration_ms, "status": status}
         if await writer().save(ToolInvocation, self.run_id, row):
-            await self._publish({"type": "run.tool", "run": str(self.run_id), **row})
+            self._push(tool_message, row)
 
-    async def _publish(self, message: dict) -> None:
-        # The row is saved first; a page that misses this push catches up by sequence number.
+    def _push(self, message_for, row: dict) -> None:
+        """Publish a saved row in the background, after the run's earlier pushes.
+
+        The conversation goes on meanwhile: rendering the row for the run page and the Redis round
+        trips of the publish were a millisecond or more on the critical path of every turn. Pushes
+        of one run leave in the order their rows were saved; one that fails is logged and dropped,
+        and a page that misses it catches up by sequence number.
+        """
+        self._last_push = push = asyncio.ensure_future(self._push_after(self._last_push, message_for, row))
+        _pushes_in_flight.add(push)  # the loop keeps only a weak reference to a task
+        push.add_done_callback(_pushes_in_flight.discard)
+
+    async def _push_after(self, earlier: asyncio.Task | None, message_for, row: dict) -> None:
+        if earlier is not None:
+            await asyncio.wait([earlier])
+        try:
+            message = message_for(self.run_id, row)
+        except Exception:  # a row the page cannot show must not stop the conversation or later pushes
+            logger.exception("could not render run %s's row %s for its page", self.run_id, row.get("seq"))
+            return
         await group_send([f"run-{self.run_id}"], message)
 
 

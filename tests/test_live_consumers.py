@@ -9,6 +9,7 @@ from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
+from runs import live
 from runs.routing import websocket_urlpatterns
 from tests import factories as f
 
@@ -57,13 +58,13 @@ def test_resume_sends_exactly_the_missing_turns_then_live_ones(workspace, member
         replaced = [m["id"] for m in received if m["type"] == "replace"]
         assert turns == [3, 4, 5] and tools == [] and replaced == ["run-header", "run-summary"]
         assert 'data-seq="3"' in next(m["html"] for m in received if m.get("seq") == 3)
-        assert {"type": "latency", "ms": 44} in received
+        assert [m.get("latency_ms") for m in received if m["type"] == "turn"] == [None, 44, None]
         # A turn saved while connected arrives pushed, once.
-        await get_channel_layer().group_send(f"run-{run.pk}", {
-            "type": "run.turn", "run": str(run.pk), "seq": 6, "speaker": "target", "text": "pushed",
-            "started_ms": 600, "ended_ms": 600, "latency_ms": 12, "is_error": False})
+        await get_channel_layer().group_send(f"run-{run.pk}", live.turn_message(run.pk, {
+            "seq": 6, "speaker": "target", "text": "pushed", "started_ms": 600, "latency_ms": 12, "is_error": False}))
         pushed = await comm.receive_json_from(timeout=5)
         assert pushed["type"] == "turn" and pushed["seq"] == 6 and "pushed" in pushed["html"]
+        assert pushed["latency_ms"] == 12
         await comm.disconnect()
 
     async_to_sync(scenario)()
@@ -73,9 +74,9 @@ def test_each_turn_reaches_the_socket_once_and_a_dropped_push_is_healed_by_the_n
     run = running_run(workspace, turns=2, tools=0)
 
     def push(seq):
-        return get_channel_layer().group_send(f"run-{run.pk}", {
-            "type": "run.turn", "run": str(run.pk), "seq": seq, "speaker": "target", "text": f"turn {seq}",
-            "started_ms": seq * 100, "ended_ms": seq * 100, "latency_ms": None, "is_error": False})
+        return get_channel_layer().group_send(f"run-{run.pk}", live.turn_message(run.pk, {
+            "seq": seq, "speaker": "target", "text": f"turn {seq}", "started_ms": seq * 100, "latency_ms": None,
+            "is_error": False}))
 
     async def turns_until_summary(comm):
         seqs = []

@@ -53,16 +53,16 @@
       if (m.seq !== turnSeq + 1) return resume(); // a gap: fetch what is missing, in order
       append(m.html);
       turnSeq = m.seq;
+      if (m.latency_ms != null) {
+        var latency = document.getElementById("live-latency");
+        if (latency) latency.textContent = m.latency_ms + " ms";
+      }
     },
     tool: function (m) {
       if (m.seq <= toolSeq) return;
       if (m.seq !== toolSeq + 1) return resume();
       append(m.html);
       toolSeq = m.seq;
-    },
-    latency: function (m) {
-      var el = document.getElementById("live-latency");
-      if (el) el.textContent = m.ms + " ms";
     },
     replace: function (m) { replace(m.id, m.html); }
   };
