@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -39,3 +40,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything loaded so far lives as long as daphne. Frozen, the collector's full passes skip it:
+# they scanned ~210k objects and stopped the event loop 100-250 ms each, several times a minute
+# with 100 live pages (bench/README.md, "Live pushes").
+gc.collect()
+gc.freeze()

@@ -1,8 +1,9 @@
+import gc
 import logging
 
 from celery import shared_task
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from django.conf import settings
-from celery.signals import worker_process_init, worker_process_shutdown
 
 # runs.notify and runs.schedules import runs.dispatch, which imports this module: each only reads
 # the other's names when called, so the cycle is harmless at import time.
@@ -90,13 +91,25 @@ def post_batch_to_slack(self, batch_id: str) -> None:
                          f"Slack message for batch {batch_id}")
 
 
+@worker_init.connect
+def freeze_what_is_loaded(**kwargs) -> None:
+    """The worker's main process (it takes tasks from the broker and hands them to the pool) keeps
+    what it loaded at start for its whole life: frozen, the garbage collector's full passes skip
+    it. They scanned ~200k objects and paused the process 150-300 ms each."""
+    gc.collect()
+    gc.freeze()
+
+
 @worker_process_init.connect
 def start_conversation_host(**kwargs) -> None:
     """Start each worker process's conversation loop before its first run, so a run never pays
-    for importing the connectors and HTTP clients (over a second on a cold process)."""
+    for importing the connectors and HTTP clients (over a second on a cold process); then freeze
+    what is loaded, as the main process does, so full collections stop pausing the conversations."""
     from runs.executor import get_host
 
     get_host()
+    gc.collect()
+    gc.freeze()
 
 
 @worker_process_shutdown.connect
