@@ -8,6 +8,7 @@ fails or delays the change that rang it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import uuid
@@ -21,15 +22,26 @@ from assure.doorbell import ring  # noqa: F401  (re-exported: runs code rings th
 logger = logging.getLogger(__name__)
 
 
+# A run's groups never change (its workspace and scenario are set when it is queued), and a run
+# changes stage several times: remembered, they cost one query per run, not one per transition.
+_known_groups: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
+KNOWN_GROUPS_LIMIT = 20_000
+
+
 def run_groups(run_ids) -> dict[str, list[str]]:
-    """{run id: the groups of the pages that show it}, in one query."""
+    """{run id: the groups of the pages that show it}, in at most one query."""
     from runs.models import Run
 
-    rows = Run.objects.filter(pk__in=list(run_ids)).order_by().values_list("pk", "workspace_id", "scenario_id")
-    groups = {}
-    for run_id, workspace_id, scenario_id in rows:
-        groups[str(run_id)] = [f"run-{run_id}", f"workspace-{workspace_id}"] + (
-            [f"scenario-{scenario_id}"] if scenario_id else [])
+    wanted = [str(run_id) for run_id in run_ids]
+    groups = {run_id: _known_groups[run_id] for run_id in wanted if run_id in _known_groups}
+    missing = [run_id for run_id in wanted if run_id not in groups]
+    if missing:
+        rows = Run.objects.filter(pk__in=missing).order_by().values_list("pk", "workspace_id", "scenario_id")
+        for run_id, workspace_id, scenario_id in rows:
+            groups[str(run_id)] = _known_groups[str(run_id)] = [f"run-{run_id}", f"workspace-{workspace_id}"] + (
+                [f"scenario-{scenario_id}"] if scenario_id else [])
+        while len(_known_groups) > KNOWN_GROUPS_LIMIT:
+            _known_groups.popitem(last=False)
     return groups
 
 

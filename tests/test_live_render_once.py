@@ -256,3 +256,15 @@ def test_the_run_page_shows_a_pushed_turn_and_its_latency(workspace, running_run
             page.context.close()
     finally:
         web.stop()
+
+
+def test_a_runs_groups_are_read_once_for_all_its_state_changes(running_run, queries):
+    live._known_groups.clear()
+    first = live.run_groups([running_run.pk])
+    read = len(queries)
+    again = live.run_groups([running_run.pk, str(running_run.pk)])
+
+    assert read == 1
+    assert len(queries) == read  # every later change of the run is published without a query
+    assert first == again == {str(running_run.pk): [
+        f"run-{running_run.pk}", f"workspace-{running_run.workspace_id}", f"scenario-{running_run.scenario_id}"]}
