@@ -15,6 +15,7 @@ from assure.api import WorkspaceSerializer
 from assure.tenancy import request_workspace, scoped
 from runs import batches, selectors, services
 from runs.models import Batch, CriterionResult, Run, ToolInvocation, Turn
+from runs.pagination import RunPagination
 from runs.save_as_path import SaveAsPathError, run_save_as_path
 from scenarios import api as scenarios_api
 from scenarios.api import PathSerializer
@@ -91,32 +92,35 @@ class RunDetailSerializer(RunSerializer):
 
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = RunSerializer
+    pagination_class = RunPagination
 
     def get_queryset(self):
         workspace = request_workspace(self.request)
         if self.action == "retrieve":
             related = [name for extra in _DETAIL_FIELDS.values() for name in extra.select_related]
             return selectors.run_detail_queryset(workspace).select_related(*related)
-        runs = selectors.runs_for(workspace).order_by("-created_at")
+        if self.action != "list":  # cancel, retry: the run by id
+            return selectors.runs_for(workspace)
         params = self.request.query_params
         status_filter = params.get("status")
-        if status_filter:
-            if status_filter not in Run.Status.values:
-                raise serializers.ValidationError({"status": f"Use one of: {', '.join(Run.Status.values)}."})
-            runs = runs.filter(status=status_filter)
+        if status_filter and status_filter not in Run.Status.values:
+            raise serializers.ValidationError({"status": f"Use one of: {', '.join(Run.Status.values)}."})
+        filters = {}
         for name in ("scenario", "path", "batch"):
             if params.get(name):
                 try:
-                    runs = runs.filter(**{f"{name}_id": serializers.UUIDField().to_internal_value(params[name])})
+                    filters[name] = serializers.UUIDField().to_internal_value(params[name])
                 except serializers.ValidationError:
                     raise serializers.ValidationError({name: "Must be an id (UUID)."}) from None
-        return runs
+        return selectors.run_list(workspace, status=status_filter or None, **filters)
 
     def get_serializer_class(self):
         return RunDetailSerializer if self.action == "retrieve" else RunSerializer
 
     @extend_schema(
         parameters=[OpenApiParameter(n, str) for n in ("status", "scenario", "path", "batch")],
+        description="Runs, newest first. Page with the `next` and `previous` links (cursor links: each run once, in "
+                    "order, while new runs are created), or with `limit` and `offset`.",
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)

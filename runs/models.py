@@ -130,9 +130,16 @@ class Run(WorkspaceOwned):
 
     class Meta:
         ordering = ["-created_at"]
+        # Lists page by position (runs/pagination.py): newest first by a time, then by id. Each
+        # filter a list offers has an index of the workspace, the filter's column, then that
+        # ordering: a page is one range read and a count reads the index alone, however deep
+        # (bench/README.md, "Pages with many runs"). SQLite's planner has no statistics: it picks
+        # the index that matches the most columns of the query, so each one names them all.
+        _finished = models.Q(ended_at__isnull=False)
         indexes = [
-            # Admission: the oldest pending runs of a workspace; slot counts of running ones.
-            models.Index(fields=["workspace", "status", "created_at"], name="run_ws_status_created"),
+            # Admission: the oldest pending runs of a workspace; slot counts of running ones. The
+            # run list's status filter.
+            models.Index(fields=["workspace", "status", "created_at", "id"], name="run_ws_status_created"),
             models.Index(fields=["scenario", "status"], name="run_scenario_status"),
             # Watchdogs scan running runs by heartbeat.
             models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat"),
@@ -140,6 +147,20 @@ class Run(WorkspaceOwned):
             models.Index(fields=["batch", "status"], name="run_batch_status"),
             # The sweep: voice runs waiting for their call.
             models.Index(fields=["status", "attach_by"], name="run_status_attach_by"),
+            # The run list (GET /api/v1/runs/), unfiltered and by scenario, path or batch.
+            models.Index(fields=["workspace", "-created_at", "-id"], name="run_ws_created"),
+            models.Index(fields=["workspace", "scenario", "-created_at", "-id"], name="run_ws_scenario_created"),
+            models.Index(fields=["workspace", "path", "-created_at", "-id"], name="run_ws_path_created"),
+            models.Index(fields=["workspace", "batch", "-created_at", "-id"], name="run_ws_batch_created"),
+            # The results feed (and the queue's recently finished), unfiltered and by each filter.
+            # Finished runs only: the heartbeats of live runs never write to these.
+            models.Index(fields=["workspace", "-ended_at", "-id"], condition=_finished, name="run_ws_ended"),
+            models.Index(fields=["workspace", "status", "-ended_at", "-id"], condition=_finished,
+                         name="run_ws_status_ended"),
+            models.Index(fields=["workspace", "verdict", "-ended_at", "-id"], condition=_finished,
+                         name="run_ws_verdict_ended"),
+            models.Index(fields=["workspace", "scenario", "-ended_at", "-id"], condition=_finished,
+                         name="run_ws_scenario_ended"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -3,10 +3,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.db.models import Count, Prefetch, QuerySet
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from assure.models import Workspace
 from assure.tenancy import scoped
+from runs import pagination
 from runs.models import TERMINAL_STATUSES, Batch, CriterionResult, Run, ScheduleFiring, ToolInvocation, Turn
 
 RECENT_WINDOW = timedelta(hours=1)
@@ -17,6 +19,21 @@ def runs_for(workspace: Workspace | None) -> QuerySet:
     return scoped(Run, workspace).select_related("scenario", "path")
 
 
+def run_list(workspace: Workspace | None, *, status=None, scenario=None, path=None, batch=None) -> QuerySet:
+    """The runs ``GET /api/v1/runs/`` lists, newest first (``pagination.CREATED``), each filter on an
+    index of its own. Without the snapshot: a listed run does not show it, and it is most of a row."""
+    runs = scoped(Run, workspace).defer("snapshot")
+    filters = {"status": status, "scenario_id": scenario, "path_id": path, "batch_id": batch}
+    return pagination.CREATED.order(runs.filter(**{name: value for name, value in filters.items() if value}))
+
+
+def _with_names(runs: QuerySet) -> QuerySet:
+    """``runs`` with their snapshot's scenario and path names (``scenario_name``, ``path_name``),
+    read in the database, and without the snapshot: it is most of a row, and lists show only those."""
+    return runs.defer("snapshot").annotate(scenario_name=KT("snapshot__scenario__name"),
+                                           path_name=KT("snapshot__path__name"))
+
+
 def run_detail_queryset(workspace: Workspace | None) -> QuerySet:
     return runs_for(workspace).prefetch_related(
         Prefetch("turns", queryset=Turn.objects.order_by("seq")),
@@ -25,14 +42,19 @@ def run_detail_queryset(workspace: Workspace | None) -> QuerySet:
     )
 
 
-def queue_for(workspace: Workspace) -> dict:
-    """Everything running, queued, or recently finished across the workspace."""
-    runs = runs_for(workspace)
+def queue_for(workspace: Workspace, *, queued_shown: int | None = None) -> dict:
+    """Everything running, what is queued (in the order it will start: the first ``queued_shown``
+    of it, or all), and what finished in the last hour, across the workspace (``_with_names``).
+    ``queued_total`` counts every queued run."""
+    runs = _with_names(scoped(Run, workspace))
+    queued = runs.filter(status=Run.Status.PENDING).order_by("created_at", "id")
+    shown = list(queued if queued_shown is None else queued[:queued_shown])
     return {
         "paused": workspace.queue_paused,
         "max_parallel_runs": workspace.max_parallel_runs,
         "running": list(runs.filter(status=Run.Status.RUNNING).order_by("admitted_at", "created_at")),
-        "queued": list(runs.filter(status=Run.Status.PENDING).order_by("created_at", "id")),
+        "queued": shown,
+        "queued_total": queued.count() if queued_shown is not None and len(shown) == queued_shown else len(shown),
         "recent": list(
             runs.filter(status__in=TERMINAL_STATUSES, ended_at__gte=timezone.now() - RECENT_WINDOW)
             .order_by("-ended_at")[:RECENT_LIMIT]
@@ -79,14 +101,21 @@ def transcript(run: Run) -> list[tuple[str, object]]:
 
 
 def results_for(workspace, *, scenario=None, verdict=None, status=None) -> QuerySet:
-    runs = runs_for(workspace).filter(status__in=TERMINAL_STATUSES).order_by("-ended_at", "-created_at")
+    """Finished runs, latest finished first (``pagination.ENDED``; ``_with_names``), each filter on an
+    index of its own. Every transition to a terminal status sets ``ended_at``; a row without one
+    (made by hand) has no place in an ordering by it, so the feed leaves it out."""
+    if verdict and status and status != Run.Status.COMPLETED:
+        # Only completed runs have a verdict (constraint run_verdict_only_when_completed): nothing
+        # to read, where the read would walk every run of the verdict to find that out.
+        return Run.objects.none()
+    runs = _with_names(scoped(Run, workspace)).filter(status__in=TERMINAL_STATUSES, ended_at__isnull=False)
     if scenario:
         runs = runs.filter(scenario_id=scenario)
     if verdict:
         runs = runs.filter(verdict=verdict)
     if status:
         runs = runs.filter(status=status)
-    return runs
+    return pagination.ENDED.order(runs)
 
 
 def schedules_of_batches(batch_ids) -> dict:

@@ -5,15 +5,14 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
 from assure.tenancy import scoped
-from runs import batches, save_as_path, selectors, services
+from runs import batches, pagination, save_as_path, selectors, services
 from runs.models import Batch, Run
 from scenarios.models import Path, Scenario
 
@@ -222,14 +221,19 @@ def run_save_as_path(request, pk):
     return HttpResponseRedirect(edit)
 
 
+# The queue page lists this many queued runs, the next to start; a larger queue is counted, not
+# listed (the page re-renders on every change while runs go on).
+QUEUED_SHOWN = 100
+
+
 def queue_context(workspace) -> dict:
-    queue = selectors.queue_for(workspace)
+    queue = selectors.queue_for(workspace, queued_shown=QUEUED_SHOWN)
     return {
         "queue": queue,
         "sections": [
-            ("Running", "running", queue["running"], "Nothing is running."),
-            ("Queued", "queued", queue["queued"], "Nothing is waiting."),
-            ("Recently finished", "recent", queue["recent"], "No run finished in the last hour."),
+            ("Running", "running", queue["running"], "Nothing is running.", 0),
+            ("Queued", "queued", queue["queued"], "Nothing is waiting.", queue["queued_total"] - len(queue["queued"])),
+            ("Recently finished", "recent", queue["recent"], "No run finished in the last hour.", 0),
         ],
     }
 
@@ -261,6 +265,9 @@ def queue_resume(request):
     return HttpResponseRedirect(reverse("runs:queue"))
 
 
+RESULTS_PAGE_SIZE = 50
+
+
 @login_required
 def results(request):
     params = request.GET
@@ -268,9 +275,24 @@ def results(request):
     status = params.get("status") if params.get("status") in Run.Status.values else None
     scenarios = scoped(Scenario, request.workspace).order_by("name")
     scenario = next((str(s.pk) for s in scenarios if str(s.pk) == params.get("scenario")), None)
-    runs = selectors.results_for(request.workspace, scenario=scenario, verdict=verdict, status=status)
-    page = Paginator(runs, 50).get_page(params.get("page"))
+    filters = {"scenario": scenario, "verdict": verdict, "status": status}
+    cursor = None
+    if params.get("cursor"):
+        try:
+            cursor = pagination.decode_cursor(params["cursor"])
+        except pagination.InvalidCursor:
+            # A link cut short or edited: the feed only reads, so the newest page (saying so) is
+            # more use to whoever followed it than an error page.
+            messages.warning(request, "That page link is not one this feed made: showing the latest results.")
+    runs = selectors.results_for(request.workspace, **filters)
+    page = pagination.keyset_page(runs, pagination.ENDED, cursor, RESULTS_PAGE_SIZE)
+    kept = {name: value for name, value in filters.items() if value}
+
+    def link(at: pagination.Cursor | None) -> str | None:
+        return f"?{urlencode({**kept, 'cursor': pagination.encode_cursor(at)})}" if at else None
+
     return render(request, "runs/results.html", {
-        "page": page, "scenarios": scenarios, "filters": {"scenario": scenario, "verdict": verdict, "status": status},
+        "page": page, "scenarios": scenarios, "filters": filters,
+        "newest": f"?{urlencode(kept)}" if cursor else None, "newer": link(page.newer), "older": link(page.older),
         "verdicts": Run.Verdict.choices, "statuses": [(s, l) for s, l in Run.Status.choices if s in ("completed", "failed", "cancelled")],
     })
