@@ -266,11 +266,11 @@ def report_problems(result: dict) -> bool:
 
 # Parts ------------------------------------------------------------------------------------------
 
-def part_pickup(witness, workspace, samples: int) -> dict:
+def part_pickup(witness, workspace, samples: int, attempt: int) -> dict:
     from runs import services
     from runs.models import RunEvent
 
-    scenario = make_scenario(workspace, name="pickup", url=witness.url("instant"), paths=samples)
+    scenario = make_scenario(workspace, name=f"pickup {attempt}", url=witness.url("instant"), paths=samples)
     delays = []
     for path in scenario.paths.select_related("scenario__agent", "scenario__target").order_by("name"):
         run = services.path_run(path=path)
@@ -417,7 +417,7 @@ def main() -> None:
             print(f"\nrepeat {attempt}:", flush=True)
             figures = {}
             if "pickup" in parts:
-                figures["pickup"] = part_pickup(witness, workspace, args.pickup_samples)
+                figures["pickup"] = part_pickup(witness, workspace, args.pickup_samples, attempt)
             if "batch" in parts:
                 figures["batch"] = part_batch(witness, workspace, attempt)
             if "capacity" in parts:
