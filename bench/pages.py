@@ -34,10 +34,7 @@ import json
 import os
 import random
 import re
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from html import unescape
@@ -47,7 +44,8 @@ from urllib.parse import urlencode, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.voice import Process, free_port, interrupted, machine, percentile  # noqa: E402
+from bench.voice import Process, free_port, machine, percentile  # noqa: E402
+from bench.world import own_world  # noqa: E402
 
 GOAL_P95_MS = 150
 SEED_CHUNK = 2000
@@ -477,51 +475,13 @@ def main() -> None:
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with daphne's log")
     args = parser.parse_args()
 
-    signal.signal(signal.SIGTERM, interrupted)
-    var = Path(tempfile.mkdtemp(prefix="assure-bench-pages-"))
-    os.environ["ASSURE_VAR_DIR"] = str(var)
-    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
-    if not os.environ.get("ASSURE_SECRET_KEYS"):  # the bench's own database: a key of its own
-        from cryptography.fernet import Fernet
-
-        os.environ["ASSURE_SECRET_KEYS"] = Fernet.generate_key().decode()
-    os.environ["DJANGO_SETTINGS_MODULE"] = "assure.settings"
     os.environ["API_THROTTLE_RATE"] = "off"
-    pg_url = os.environ.get("DATABASE_URL")
-    bench_db = redis_server = redis_db = daphne = None
-    try:
-        if pg_url:
-            import psycopg
-
-            bench_db = f"assure_bench_pages_{os.getpid()}"
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{bench_db}"')
-            os.environ["DATABASE_URL"] = urlsplit(pg_url)._replace(path=f"/{bench_db}").geturl()
-
-        import django
-
-        django.setup()
+    with own_world("pages", keep_logs=args.keep_logs) as bench_world:
         from django.conf import settings
-        from django.core.management import call_command
         from django.db import connection
 
-        from assure.embedded import EmbeddedRedis
-
-        if settings.EMBEDDED_REDIS:
-            redis_server = EmbeddedRedis(var)
-            redis_server.start()
-        else:
-            import redis
-
-            redis_db = redis.Redis.from_url(settings.REDIS_URL)
-            if redis_db.dbsize():
-                redis_db = None  # not ours to empty afterwards
-                print("warning: the Redis database in REDIS_URL is not empty; this bench will not empty it",
-                      flush=True)
-        call_command("migrate", verbosity=0)
-
         print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}")
-        print(f"database: {connection.vendor}, redis: {'embedded' if redis_server else 'server'}; one daphne")
+        print(f"database: {connection.vendor}, redis: {'embedded' if bench_world.embedded_redis else 'server'}; one daphne")
         world = seed(args)
         counts = ", ".join(f"{status} {n}" for status, n in sorted(world["counts"].items()))
         print(f"seeded {args.runs} runs ({counts}) over {WEEKS} weeks, {args.detailed} with full records, in "
@@ -529,27 +489,9 @@ def main() -> None:
                                               if connection.vendor == "postgresql" else ""), flush=True)
         connection.close()  # the bench's own connection must not hold SQLite's WAL or a PG session
 
-        daphne, port = start_daphne(var, settings.REDIS_URL)
+        daphne, port = start_daphne(bench_world.var, settings.REDIS_URL)
+        bench_world.defer(daphne.stop)
         run_measurements(port, world, args)
-    finally:
-        # A second Ctrl-C (or timeout's TERM to the whole group) must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if daphne is not None:
-            daphne.stop()
-        if redis_server is not None:
-            redis_server.stop()
-        if redis_db is not None:
-            redis_db.flushdb()  # it was empty: what is there now is this bench's
-        if bench_db:  # FORCE: whatever still holds a connection to it (this process too) is cut off
-            import psycopg
-
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
-        if args.keep_logs:
-            print(f"logs kept in {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
 
 
 if __name__ == "__main__":

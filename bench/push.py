@@ -39,16 +39,12 @@ import json
 import logging
 import os
 import re
-import shutil
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,7 +54,8 @@ from aiohttp import web  # noqa: E402
 from channels.consumer import get_handler_name  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 
-from bench.voice import Process, cpu_seconds, free_port, interrupted, machine, percentile  # noqa: E402
+from bench.voice import Process, cpu_seconds, free_port, machine, percentile  # noqa: E402
+from bench.world import own_world  # noqa: E402
 
 GOALS_P99_MS = {1: 20, 100: 220}
 PER_TURN = False  # --per-turn: each reply's fastest, median and slowest viewer
@@ -410,74 +407,18 @@ def main() -> None:
     PER_TURN = args.per_turn
     levels = [int(level) for level in args.viewers.split(",")]
 
-    signal.signal(signal.SIGTERM, interrupted)
-    var = Path(tempfile.mkdtemp(prefix="assure-bench-push-"))
-    os.environ["ASSURE_VAR_DIR"] = str(var)
-    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
-    if not os.environ.get("ASSURE_SECRET_KEYS"):  # the bench's own database: a key of its own
-        from cryptography.fernet import Fernet
-
-        os.environ["ASSURE_SECRET_KEYS"] = Fernet.generate_key().decode()
-    os.environ["DJANGO_SETTINGS_MODULE"] = "assure.settings"
     os.environ.setdefault("EGRESS_ALLOW", "loopback")  # the target listens on 127.0.0.1
-    pg_url = os.environ.get("DATABASE_URL")
-    bench_db = redis_server = redis_db = witness = None
-    processes: list[Process] = []
-    try:
-        if pg_url:
-            import psycopg
-
-            bench_db = f"assure_bench_push_{os.getpid()}"
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{bench_db}"')
-            os.environ["DATABASE_URL"] = urlsplit(pg_url)._replace(path=f"/{bench_db}").geturl()
-
-        import django
-
-        django.setup()
+    with own_world("push", keep_logs=args.keep_logs) as world:
         from django.conf import settings
-        from django.core.management import call_command
 
-        from assure.embedded import EmbeddedRedis
-
-        if settings.EMBEDDED_REDIS:
-            redis_server = EmbeddedRedis(var)
-            redis_server.start()
-        else:
-            import redis
-
-            redis_db = redis.Redis.from_url(settings.REDIS_URL)
-            if redis_db.dbsize():
-                redis_db = None  # not ours to empty afterwards
-                print("warning: the Redis database in REDIS_URL is not empty; another process's Celery worker "
-                      "there would take this bench's tasks", flush=True)
-        call_command("migrate", verbosity=0)
         logging.getLogger("axes").setLevel(logging.WARNING)  # a line per viewer signed in
-
         witness = Witness()
+        world.defer(witness.stop)
         witness.cadence = args.cadence_ms / 1000
-        processes, base, floor_base = start_product(var=var, redis_url=settings.REDIS_URL)
+        processes, base, floor_base = start_product(var=world.var, redis_url=settings.REDIS_URL)
+        for process in processes:
+            world.defer(process.stop)
         measure(witness, processes[0], base=base, floor_base=floor_base, levels=levels, args=args)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for process in reversed(processes):
-            process.stop()
-        if witness is not None:
-            witness.stop()
-        if redis_server is not None:
-            redis_server.stop()
-        if redis_db is not None:
-            redis_db.flushdb()  # it was empty: what is there now is this bench's queues and groups
-        if bench_db:
-            import psycopg
-
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
-        if args.keep_logs:
-            print(f"logs kept in {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
 
 
 def measure(witness: Witness, daphne: Process, *, base: str, floor_base: str, levels: list[int], args) -> None:

@@ -32,22 +32,18 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.voice import Process, cpu_seconds, free_port, interrupted, machine, percentile  # noqa: E402
+from bench.voice import Process, cpu_seconds, free_port, machine, percentile  # noqa: E402
+from bench.world import own_world  # noqa: E402
 
 TURNS = 6
 BOTIUM_50_S = (1.0, 1.25)  # FLOORS.md: botium-cli on the same 50 conversations, without its start-up
@@ -355,58 +351,24 @@ def main() -> None:
     parts = set(args.parts.split(","))
     levels = [int(level) for level in args.levels.split(",")]
 
-    signal.signal(signal.SIGTERM, interrupted)
-    var = Path(tempfile.mkdtemp(prefix="assure-bench-scale-"))
-    os.environ["ASSURE_VAR_DIR"] = str(var)
-    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
-    if not os.environ.get("ASSURE_SECRET_KEYS"):
-        from cryptography.fernet import Fernet
-
-        os.environ["ASSURE_SECRET_KEYS"] = Fernet.generate_key().decode()
     os.environ.setdefault("EGRESS_ALLOW", "loopback")  # the witness listens on 127.0.0.1
-    os.environ["DJANGO_SETTINGS_MODULE"] = "assure.settings"
     biggest = max(levels + [args.scaleout_runs, 50])
     os.environ["MAX_PARALLEL_RUNS_PER_WORKSPACE"] = str(min(biggest, 1000))
-    pg_url = os.environ.get("DATABASE_URL")
-    bench_db = redis_server = redis_db = witness = workers = None
-    try:
-        if pg_url:
-            import psycopg
-
-            bench_db = f"assure_bench_scale_{os.getpid()}"
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{bench_db}"')
-            os.environ["DATABASE_URL"] = urlsplit(pg_url)._replace(path=f"/{bench_db}").geturl()
-
-        import django
-
-        django.setup()
+    with own_world("scale", keep_logs=args.keep_logs) as world:
         from django.conf import settings
-        from django.core.management import call_command
         from django.db import connection
 
-        from assure.embedded import EmbeddedRedis
         from assure.models import Workspace
 
-        if settings.EMBEDDED_REDIS:
-            redis_server = EmbeddedRedis(var)
-            redis_server.start()
-        else:
-            import redis
-
-            redis_db = redis.Redis.from_url(settings.REDIS_URL)
-            if redis_db.dbsize():
-                redis_db = None
-                print("warning: the Redis database in REDIS_URL is not empty; another worker there would take "
-                      "this bench's tasks", flush=True)
-        call_command("migrate", verbosity=0)
         env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
         env.update({"REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"})
-        witness = Witness(var)
-        workers = Workers(var, env)
+        witness = Witness(world.var)
+        world.defer(witness.process.stop)
+        workers = Workers(world.var, env)
+        world.defer(workers.stop_all)
         workspace = Workspace.objects.create(name="Bench", slug="bench", max_parallel_runs=min(biggest, 1000))
         print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}")
-        print(f"database: {connection.vendor}, redis: {'embedded' if settings.EMBEDDED_REDIS else 'server'}, "
+        print(f"database: {connection.vendor}, redis: {'embedded' if world.embedded_redis else 'server'}, "
               f"worker processes: {args.worker_processes}, WORKER_MAX_CONVERSATIONS {settings.WORKER_MAX_CONVERSATIONS}")
 
         results = []
@@ -429,29 +391,6 @@ def main() -> None:
             for attempt, figures in enumerate(results, 1):
                 figures["scaleout"] = part_scaleout(witness, workspace, workers, attempt, args.scaleout_runs)
         print_medians(results)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if workers is not None:
-            workers.stop_all()
-        if witness is not None:
-            witness.process.stop()
-        if redis_server is not None:
-            redis_server.stop()
-        if redis_db is not None:
-            redis_db.flushdb()
-        if bench_db:
-            from django.db import connections
-
-            connections.close_all()
-            import psycopg
-
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
-        if args.keep_logs:
-            print(f"logs kept in {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
 
 
 def print_medians(results: list[dict]) -> None:

@@ -42,13 +42,11 @@ import json
 import math
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -56,10 +54,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.world import own_world  # noqa: E402
 
 GOAL_P99_MS = 20
 DEMO_NUMBER = "+15550100"
@@ -563,10 +563,6 @@ def machine() -> str:
             f"load {load}")
 
 
-def interrupted(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=100, help="runs requested at once for the calls/s figure")
@@ -578,78 +574,18 @@ def main() -> None:
     parser.add_argument("--worker-processes", type=int, default=2, help="Celery worker processes (make up runs 2)")
     args = parser.parse_args()
 
-    # Ctrl-C and SIGTERM both unwind through the finally blocks below.
-    signal.signal(signal.SIGTERM, interrupted)
-
-    var = Path(tempfile.mkdtemp(prefix="assure-bench-voice-"))
-    os.environ["ASSURE_VAR_DIR"] = str(var)
-    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
-    if not os.environ.get("ASSURE_SECRET_KEYS"):  # the bench's own database: a key of its own
-        from cryptography.fernet import Fernet
-
-        os.environ["ASSURE_SECRET_KEYS"] = Fernet.generate_key().decode()
-    os.environ["DJANGO_SETTINGS_MODULE"] = "assure.settings"
     # The operator's cap on a workspace's parallel runs (20 by default) would stagger the batch.
     os.environ["MAX_PARALLEL_RUNS_PER_WORKSPACE"] = str(max(args.calls, args.concurrent))
-    pg_url = os.environ.get("DATABASE_URL")
-    bench_db = None
-    redis_server = redis_db = telephony = None
-    processes: list[Process] = []
-    try:
-        if pg_url:
-            import psycopg
-
-            bench_db = f"assure_bench_voice_{os.getpid()}"
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{bench_db}"')
-            os.environ["DATABASE_URL"] = urlsplit(pg_url)._replace(path=f"/{bench_db}").geturl()
-
-        import django
-
-        django.setup()
+    with own_world("voice", keep_logs=args.keep_logs) as world:
         from django.conf import settings
-        from django.core.management import call_command
-
-        from assure.embedded import EmbeddedRedis
-
-        if settings.EMBEDDED_REDIS:
-            redis_server = EmbeddedRedis(var)
-            redis_server.start()
-        else:
-            import redis
-
-            redis_db = redis.Redis.from_url(settings.REDIS_URL)
-            if redis_db.dbsize():
-                redis_db = None  # not ours to empty afterwards
-                print("warning: the Redis database in REDIS_URL is not empty; another process's Celery worker "
-                      "there would take this bench's tasks", flush=True)
-        call_command("migrate", verbosity=0)
 
         telephony = Telephony(speech_scale=args.speech_scale)
-        processes, floor_port = start_product(var=var, telephony_url=telephony.url, redis_url=settings.REDIS_URL,
-                                              workers=args.worker_processes)
+        world.defer(telephony.stop)
+        processes, floor_port = start_product(var=world.var, telephony_url=telephony.url,
+                                              redis_url=settings.REDIS_URL, workers=args.worker_processes)
+        for process in processes:
+            world.defer(process.stop)
         ok = measure(telephony, processes, floor_port, args)
-    finally:
-        # A second Ctrl-C (or timeout's TERM to the whole group) must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for process in reversed(processes):
-            process.stop()
-        if telephony is not None:
-            telephony.stop()
-        if redis_server is not None:
-            redis_server.stop()
-        if redis_db is not None:
-            redis_db.flushdb()  # it was empty: what is there now is this bench's queues and groups
-        if bench_db:  # FORCE: whatever still holds a connection to it (this process too) is cut off
-            import psycopg
-
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
-        if args.keep_logs:
-            print(f"logs kept in {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
     sys.exit(0 if ok else 1)
 
 
