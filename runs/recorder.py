@@ -14,11 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections, connection
-from django.utils import timezone
+from django.db import close_old_connections
 
 from runs.live import group_send, tool_message, turn_message
-from runs.models import Run, ToolInvocation, Turn
+from runs.models import ToolInvocation, Turn
 from runs.writer import writer
 
 logger = logging.getLogger(__name__)
@@ -109,27 +108,3 @@ class DbRecorder:
             logger.exception("could not render run %s's row %s for its page", self.run_id, row.get("seq"))
             return
         await group_send([f"run-{self.run_id}"], message)
-
-
-def save_if_running(model, run_id, row: dict) -> bool:
-    """Insert a transcript row unless the run has ended (a cancelled run never changes again).
-
-    One ``INSERT … SELECT … WHERE EXISTS`` statement: the check and the write cost one round trip
-    on the hot path of every turn, with no explicit transaction or row lock.
-    """
-    values = {**row, "run_id": run_id}
-    if any(f.name == "created_at" for f in model._meta.concrete_fields):
-        values["created_at"] = timezone.now()
-    fields = [model._meta.get_field(name) for name in values]
-    params = [f.get_db_prep_save(values[f.attname], connection) for f in fields]
-    pk = Run._meta.pk
-    quote = connection.ops.quote_name
-    sql = (
-        f"INSERT INTO {quote(model._meta.db_table)} "
-        f"({', '.join(quote(f.column) for f in fields)}) "
-        f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS (SELECT 1 FROM "
-        f"{quote(Run._meta.db_table)} WHERE {quote(pk.column)} = %s AND {quote('status')} = %s)"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, pk.get_db_prep_value(run_id, connection), Run.Status.RUNNING.value])
-        return cursor.rowcount == 1

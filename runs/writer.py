@@ -47,11 +47,8 @@ class TranscriptWriter:
                 batch, self.pending = self.pending, []
                 try:
                     outcomes = await recorder.db(save_rows, [(model, run_id, row) for model, run_id, row, _ in batch])
-                except BaseException as exc:  # the database thread's error is every waiting row's
+                except Exception as exc:  # a lost connection, say: each waiting row's to handle
                     outcomes = [exc] * len(batch)
-                    if not isinstance(exc, Exception):
-                        raise
-                    # A connection error, say: each row is its conversation's to handle, as before.
                 for (*_, future), outcome in zip(batch, outcomes):
                     if future.done():  # its conversation was cancelled meanwhile
                         continue
@@ -69,33 +66,42 @@ def writer() -> TranscriptWriter:
 
 
 def save_rows(rows: list[tuple[type, str, dict]]) -> list[bool | Exception]:
-    """Save each ``(model, run id, row)`` whose run is still running, in one transaction.
+    """Save each ``(model, run id, row)`` whose run is still running; for each, whether it was saved
+    (a cancelled or ended run never gains a row), or the error that kept it out.
 
-    The runs' status is read inside the transaction that inserts: the same check-then-insert as
-    ``save_if_running``, for many rows at once. Should the batch fail as a whole (a row breaking
-    a constraint), each row is tried on its own, so only its own conversation sees the error.
+    All in one transaction. Should it fail as a whole (a row breaking a constraint), each row is
+    tried in a transaction of its own, so only that row's conversation sees the error.
     """
+    rows = [(model, str(run_id), row) for model, run_id, row in rows]
     try:
-        with transaction.atomic():
-            running = {str(pk) for pk in Run.objects.filter(
-                pk__in={run_id for _, run_id, _ in rows}, status=Run.Status.RUNNING).values_list("pk", flat=True)}
-            groups = defaultdict(list)
-            for model, run_id, row in rows:
-                if run_id in running:
-                    groups[(model, tuple(row))].append((run_id, row))
-            now = timezone.now()
-            for (model, names), members in groups.items():
-                _insert_many(model, names, members, now)
-        return [run_id in running for _, run_id, _ in rows]
+        return _save_together(rows)
     except DatabaseError:
+        if len(rows) == 1:
+            raise
         logger.info("a transcript flush of %d rows failed as a whole; saving them one by one", len(rows))
     outcomes = []
-    for model, run_id, row in rows:
+    for one in rows:
         try:
-            outcomes.append(recorder.save_if_running(model, run_id, row))
+            outcomes += _save_together([one])
         except Exception as exc:
             outcomes.append(exc)
     return outcomes
+
+
+def _save_together(rows: list[tuple[type, str, dict]]) -> list[bool]:
+    """The runs' status is read inside the transaction that inserts, so a row lands only for a run
+    that was running when its flush began."""
+    with transaction.atomic():
+        running = {str(pk) for pk in Run.objects.filter(
+            pk__in={run_id for _, run_id, _ in rows}, status=Run.Status.RUNNING).values_list("pk", flat=True)}
+        groups = defaultdict(list)
+        for model, run_id, row in rows:
+            if run_id in running:
+                groups[(model, tuple(row))].append((run_id, row))
+        now = timezone.now()
+        for (model, names), members in groups.items():
+            _insert_many(model, names, members, now)
+    return [run_id in running for _, run_id, _ in rows]
 
 
 def _insert_many(model, names: tuple[str, ...], members: list[tuple[str, dict]], now) -> None:

@@ -11,7 +11,7 @@ from django.utils import timezone
 from assure.services import api_token_create
 from runs import services
 from runs.models import Run, RunEvent, ToolInvocation, Turn
-from runs.recorder import save_if_running
+from runs.writer import save_rows
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -53,10 +53,10 @@ def test_a_cancelled_run_gains_no_transcript_row(workspace, model):
                        status="running", stage="live", worker="worker:test")
     row = TURN if model is Turn else {"seq": 1, "name": "end_call", "arguments": {}, "result": {},
                                       "at_ms": 0, "duration_ms": None, "status": "ok"}
-    assert save_if_running(model, run.pk, row) is True  # while it runs, the row is saved
+    assert save_rows([(model, run.pk, row)]) == [True]  # while it runs, the row is saved
 
     assert services.run_cancel(run_id=run.pk) is True
     late = {**row, "seq": 2}
 
-    assert save_if_running(model, run.pk, late) is False
+    assert save_rows([(model, run.pk, late)]) == [False]
     assert list(model.objects.filter(run=run).values_list("seq", flat=True)) == [1]
