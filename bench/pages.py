@@ -44,7 +44,7 @@ from urllib.parse import urlencode, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.voice import Process, free_port, machine, percentile  # noqa: E402
+from bench.voice import Process, free_port, listening, machine, percentile  # noqa: E402
 from bench.world import own_world  # noqa: E402
 
 GOAL_P95_MS = 150
@@ -443,17 +443,8 @@ def start_daphne(var: Path, redis_url: str) -> tuple[Process, int]:
     daphne = Process("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                                 "assure.asgi:application"], env=env, var=var)
 
-    def listening() -> bool:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
     try:
-        daphne.wait_until(listening, "listening")
+        daphne.wait_until(lambda: listening(port), "listening")
     except BaseException:
         daphne.stop()
         raise

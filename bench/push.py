@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -54,7 +53,7 @@ from aiohttp import web  # noqa: E402
 from channels.consumer import get_handler_name  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 
-from bench.voice import Process, cpu_seconds, free_port, machine, percentile  # noqa: E402
+from bench.voice import Process, cpu_seconds, free_port, listening, machine, percentile  # noqa: E402
 from bench.world import own_world  # noqa: E402
 
 GOALS_P99_MS = {1: 20, 100: 220}
@@ -348,13 +347,6 @@ def start_product(*, var: Path, redis_url: str) -> tuple[list[Process], str, str
     env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     env.update({"REDIS_URL": redis_url, "PORT": str(port), "PYTHONUNBUFFERED": "1"})
     processes = []
-
-    def listening(on: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", on), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     try:
         for name, on, app in (("daphne", port, "assure.asgi:application"),

@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.voice import Process, cpu_seconds, free_port, machine, percentile  # noqa: E402
+from bench.voice import Process, cpu_seconds, free_port, machine, percentile, wait_done  # noqa: E402
 from bench.world import own_world  # noqa: E402
 
 TURNS = 6
@@ -200,18 +200,6 @@ def make_scenario(workspace, *, name: str, url: str, paths: int):
     return scenario
 
 
-def wait_done(run_ids, timeout: float) -> None:
-    from runs.models import TERMINAL_STATUSES, Run
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not Run.objects.filter(pk__in=run_ids).exclude(status__in=TERMINAL_STATUSES).exists():
-            return
-        time.sleep(0.02)
-    left = Run.objects.filter(pk__in=run_ids).exclude(status__in=TERMINAL_STATUSES).count()
-    raise SystemExit(f"{left} of {len(run_ids)} runs did not finish within {timeout:.0f}s")
-
-
 WORKERS: list = []  # the worker nodes running now, for their CPU time
 
 
@@ -235,7 +223,7 @@ def run_batch(witness: Witness, workspace, *, name: str, size: int, kind: str) -
     busy_before = machine_busy_seconds()
     requested = datetime.now(timezone.utc)
     batch, runs = services.scenario_run_all(scenario=scenario)
-    wait_done([run.pk for run in runs], timeout=120 + size)
+    wait_done([run.pk for run in runs], timeout=120 + size, poll=0.02)
     seen = witness.stats()
     cpu = sum(cpu_seconds(node.process.pid) for node in WORKERS) - cpu_before
     busy = machine_busy_seconds() - busy_before
@@ -270,7 +258,7 @@ def part_pickup(witness, workspace, samples: int, attempt: int) -> dict:
     delays = []
     for path in scenario.paths.select_related("scenario__agent", "scenario__target").order_by("name"):
         run = services.path_run(path=path)
-        wait_done([run.pk], 30)
+        wait_done([run.pk], 30, poll=0.02)
         events = dict(RunEvent.objects.filter(run=run).values_list("to_stage", "at"))
         delays.append((events["materializing"] - events["queued"]).total_seconds() * 1000)
         time.sleep(0.05)  # the worker is idle again

@@ -91,6 +91,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def cpu_seconds(process_group: int) -> float:
     """CPU time (user + system) of the live processes of a process group, from /proc (Linux)."""
     total = 0
@@ -307,13 +316,6 @@ def start_product(*, var: Path, telephony_url: str, redis_url: str, workers: int
                                  "assure.asgi:application"], env=env, var=var)
         processes.append(web)
 
-        def listening(on: int) -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", on), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-
         web.wait_until(lambda: listening(port), "listening")
         floor = Process("floor", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(floor_port),
                                   "bench.voice:floor_application"], env=env, var=var)
@@ -347,14 +349,14 @@ def make_scenario(workspace, target, *, name: str, paths: int):
     return scenario
 
 
-def wait_done(run_ids, timeout: float) -> None:
+def wait_done(run_ids, timeout: float, *, poll: float = 0.1) -> None:
     from runs.models import TERMINAL_STATUSES, Run
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not Run.objects.filter(pk__in=run_ids).exclude(status__in=TERMINAL_STATUSES).exists():
             return
-        time.sleep(0.1)
+        time.sleep(poll)
     left = Run.objects.filter(pk__in=run_ids).exclude(status__in=TERMINAL_STATUSES).count()
     raise SystemExit(f"{left} of {len(run_ids)} runs did not finish within {timeout:.0f}s")
 
