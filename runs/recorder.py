@@ -8,6 +8,7 @@ daphne, where the ConversationRelay websocket of a call lands — without starti
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import close_old_connections
 
-from runs.live import group_send, tool_message, turn_message
+from runs.live import publisher, tool_message, turn_message
 from runs.models import ToolInvocation, Turn
 from runs.writer import writer
 
@@ -60,9 +61,6 @@ def capped_text(text: str) -> str:
     return text if len(text) <= MAX_TURN_CHARS else text[:MAX_TURN_CHARS] + TRUNCATED_MARKER
 
 
-_pushes_in_flight: set[asyncio.Task] = set()
-
-
 class DbRecorder:
     """Persists each turn and tool invocation first, then publishes it to the run's group."""
 
@@ -70,7 +68,6 @@ class DbRecorder:
         self.run_id = run_id
         self.turn_seq = 0
         self.tool_seq = 0
-        self._last_push: asyncio.Task | None = None
 
     async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False):
         self.turn_seq += 1
@@ -88,23 +85,11 @@ class DbRecorder:
             self._push(tool_message, row)
 
     def _push(self, message_for, row: dict) -> None:
-        """Publish a saved row in the background, after the run's earlier pushes.
+        """Publish a saved row, after the run's earlier pushes, without waiting for it.
 
         The conversation goes on meanwhile: rendering the row for the run page and the Redis round
-        trips of the publish were a millisecond or more on the critical path of every turn. Pushes
-        of one run leave in the order their rows were saved; one that fails is logged and dropped,
-        and a page that misses it catches up by sequence number.
+        trips of the publish were a millisecond or more on the critical path of every turn. The
+        row is rendered only if a page watches the run (``runs.live.Publisher``); a push that fails
+        is logged and dropped, and a page that misses it catches up by sequence number.
         """
-        self._last_push = push = asyncio.ensure_future(self._push_after(self._last_push, message_for, row))
-        _pushes_in_flight.add(push)  # the loop keeps only a weak reference to a task
-        push.add_done_callback(_pushes_in_flight.discard)
-
-    async def _push_after(self, earlier: asyncio.Task | None, message_for, row: dict) -> None:
-        if earlier is not None:
-            await asyncio.wait([earlier])
-        try:
-            message = message_for(self.run_id, row)
-        except Exception:  # a row the page cannot show must not stop the conversation or later pushes
-            logger.exception("could not render run %s's row %s for its page", self.run_id, row.get("seq"))
-            return
-        await group_send([f"run-{self.run_id}"], message)
+        publisher().publish([f"run-{self.run_id}"], functools.partial(message_for, self.run_id, row))

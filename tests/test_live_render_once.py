@@ -209,13 +209,13 @@ def test_a_slow_publish_does_not_hold_up_the_conversation_and_pushes_keep_their_
     async def scenario():
         layer, channel = await group_listener(running_run)
         redis_slow = asyncio.Event()
-        publish = layer.group_send
+        publish = live.send_batch
 
-        async def held_up(group, message):
+        async def held_up(batch, **kwargs):
             await redis_slow.wait()
-            await publish(group, message)
+            await publish(batch, **kwargs)
 
-        monkeypatch.setattr(layer, "group_send", held_up)
+        monkeypatch.setattr(live, "send_batch", held_up)
         recorder = DbRecorder(running_run.pk)
         # Each row is saved and the conversation goes on while its push waits.
         await asyncio.wait_for(recorder.turn(speaker="caller", text="Hi", started_ms=0, ended_ms=0), 1)
@@ -268,3 +268,22 @@ def test_a_runs_groups_are_read_once_for_all_its_state_changes(running_run, quer
     assert len(queries) == read  # every later change of the run is published without a query
     assert first == again == {str(running_run.pk): [
         f"run-{running_run.pk}", f"workspace-{running_run.workspace_id}", f"scenario-{running_run.scenario_id}"]}
+
+
+def test_a_row_nobody_watches_is_saved_and_never_rendered(running_run, renders):
+    async def scenario():
+        recorder = DbRecorder(running_run.pk)
+        await recorder.turn(speaker="caller", text="Nobody is watching", started_ms=0, ended_ms=0)
+        sending = live.publisher().sending  # its push, under way: done before anyone joins
+        if sending is not None:
+            await sending
+        layer, channel = await group_listener(running_run)
+        await recorder.turn(speaker="target", text="Somebody is", started_ms=5, ended_ms=5, latency_ms=5)
+        return await asyncio.wait_for(layer.receive(channel), 5)
+
+    pushed = async_to_sync(scenario)()
+
+    assert pushed["seq"] == 2 and "Somebody is" in json.loads(pushed["frame"])["html"]
+    assert renders.count("runs/partials/turn.html") == 1
+    assert list(Turn.objects.filter(run=running_run).order_by("seq").values_list("text", flat=True)) == [
+        "Nobody is watching", "Somebody is"]
