@@ -34,6 +34,7 @@ from runs.failures import DurationCapReached, PlatformError, RunFailure, TargetU
 from runs.llm_caller import CallerError, Function, LLMCaller
 from runs.models import CriterionResult, Run, ToolInvocation, Turn
 from runs.recorder import DbRecorder, capped_text, db
+from runs.writer import writer
 from scenarios.models import Target, url_origin
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class ChatDriver(ChannelDriver):
     """A chat session opens and the whole conversation runs right here."""
 
     async def start(self, prepared: PreparedRun, *, http) -> None:
-        if not await db(services.run_go_live, run_id=prepared.run_id, persona=prepared.persona):
+        if not await writer().call(services.run_go_live, run_id=prepared.run_id, persona=prepared.persona):
             return
         context = ConnectionContext(session_id=prepared.run_id, http=http, secrets=prepared.secrets)
         try:
@@ -197,11 +198,15 @@ def llm_settings(agent) -> dict:
             "model": (agent.llm_model if agent is not None and agent.llm_model else settings.LLM_MODEL)}
 
 
+def _claim_and_load(run_id, *, worker: str) -> PreparedRun | None:
+    if not services.run_claim(run_id=run_id, worker=worker):
+        return None  # another executor has it, or it was cancelled meanwhile
+    return load_prepared(run_id)
+
+
 async def materialize(run_id, *, worker: str) -> PreparedRun | None:
     """Claim an admitted run and prepare it; None when another executor has it or it is gone."""
-    if not await db(services.run_claim, run_id=run_id, worker=worker):
-        return None  # another executor has it, or it was cancelled meanwhile
-    prepared = await db(load_prepared, run_id)
+    prepared = await writer().call(_claim_and_load, run_id, worker=worker)
     if prepared is not None and not prepared.script and not prepared.llm.get("base_url"):
         raise PlatformError(
             "This path has no script, so it needs the LLM caller, and no LLM provider is configured: set "
@@ -259,6 +264,20 @@ def _transcript(run_id) -> tuple[list[dict], list[dict]]:
     return turns, tools
 
 
+def _finalize_and_read(run_id) -> tuple[list[dict], list[dict]] | None:
+    """Close the transcript; then what it holds, or None if the run is no longer live."""
+    if not services.run_finalize(run_id=run_id):
+        return None
+    return _transcript(run_id)
+
+
+def _complete(run_id, results, *, verdict: str, metrics: dict) -> None:
+    """Store the criteria's results and complete the run, in one transaction."""
+    with transaction.atomic():
+        _save_results(run_id, results)
+        services.run_complete(run_id=run_id, verdict=verdict, metrics=metrics)
+
+
 def _save_results(run_id, results) -> None:
     with transaction.atomic():
         CriterionResult.objects.filter(run_id=run_id).delete()
@@ -272,16 +291,16 @@ def _save_results(run_id, results) -> None:
 
 async def finalize(prepared: PreparedRun, outcome: Outcome) -> None:
     """Close the transcript, evaluate the criteria, and complete the run with its verdict."""
-    if not await db(services.run_finalize, run_id=prepared.run_id):
+    transcript = await writer().call(_finalize_and_read, prepared.run_id)
+    if transcript is None:
         return
-    turns, tools = await db(_transcript, prepared.run_id)
+    turns, tools = transcript
     results, verdict, metrics = await evaluate(
         prepared.criteria, turns=turns, tools=tools, ended_by=outcome.ended_by, duration_ms=outcome.duration_ms,
         expectation_failures=outcome.expectation_failures, scripted=bool(prepared.script), llm=prepared.llm,
         caller_tokens=outcome.caller_tokens,
     )
-    await db(_save_results, prepared.run_id, results)
-    await db(services.run_complete, run_id=prepared.run_id, verdict=verdict, metrics=metrics)
+    await writer().call(_complete, prepared.run_id, results, verdict=verdict, metrics=metrics)
 
 
 # Entry points ----------------------------------------------------------------------------------

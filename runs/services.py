@@ -360,7 +360,9 @@ def admit_pending_runs(*, workspace_id) -> list:
     every instant.
     """
     if not Run.objects.filter(workspace_id=workspace_id, status=S.PENDING).exists():
-        return []  # the common case when a run ends: nothing waits, so no lock is taken
+        # The common case when a run ends: nothing waits. Read outside a transaction: on SQLite
+        # every transaction takes the write lock.
+        return []
     with transaction.atomic():
         workspace = Workspace.objects.select_for_update().filter(pk=workspace_id).first()
         if workspace is None or workspace.queue_paused:

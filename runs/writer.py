@@ -1,11 +1,14 @@
-"""Group commit of transcript rows: the turns and tool invocations of every conversation an event
-loop holds are written together, one transaction per flush, instead of one per row.
+"""Group commit: the transcript rows and the stage changes of every conversation an event loop
+holds are written together, one trip to the database threads and one transaction per flush,
+instead of one of each per row or change.
 
 With hundreds of conversations on a loop, a row per transaction made every turn wait its turn for
-the database thread (SQLite has one writer; PostgreSQL pays a commit per row). A flush starts as
-soon as a row arrives and nothing is being written; rows that arrive meanwhile go in the next
-flush, so a quiet loop adds no delay and a busy one writes in batches. Each caller still waits for
-its own row's commit: "saved before pushed" holds.
+the database thread (SQLite has one writer; PostgreSQL pays a commit per row), and each of a run's
+half-dozen stage changes (claimed, live, finalizing, completed) paid a hand-off to the database
+thread, a commit and a wake-up of the loop. A flush starts as soon as something arrives and
+nothing is being written; what arrives meanwhile goes in the next flush, so a quiet loop adds no
+delay and a busy one writes in batches. Each caller still waits for its own commit: "saved before
+pushed" holds, and hooks registered with ``transaction.on_commit`` run once the flush commits.
 """
 
 from __future__ import annotations
@@ -24,18 +27,33 @@ logger = logging.getLogger(__name__)
 
 _writers: dict[int, TranscriptWriter] = {}
 
+ROW, CALL = "row", "call"
+
 
 class TranscriptWriter:
-    """One per event loop: the rows waiting for the next flush, and whether one is under way."""
+    """One per event loop: what waits for the next flush, and whether one is under way."""
 
     def __init__(self):
-        self.pending: list[tuple[type, str, dict, asyncio.Future]] = []
+        self.pending: list[tuple[str, tuple, asyncio.Future]] = []
         self.flushing = False
 
     async def save(self, model, run_id, row: dict) -> bool:
         """Insert ``row`` for ``run_id`` unless the run has ended; True when it was saved."""
+        return await self._submit(ROW, (model, str(run_id), row))
+
+    async def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the database thread, in the next flush's transaction (within
+        a savepoint of its own); returns what it returns, or raises what it raised.
+
+        As in autocommit, what ``fn`` wrote before raising anything but a database error stays
+        written. A database error undoes only ``fn``'s own writes, and ``fn`` is tried once more on
+        its own after the flush: a deadlock's victim, say, succeeds then.
+        """
+        return await self._submit(CALL, (fn, args, kwargs))
+
+    async def _submit(self, kind: str, work: tuple):
         future = asyncio.get_running_loop().create_future()
-        self.pending.append((model, str(run_id), row, future))
+        self.pending.append((kind, work, future))
         if not self.flushing:
             self.flushing = True
             asyncio.ensure_future(self._flush_all())
@@ -46,8 +64,8 @@ class TranscriptWriter:
             while self.pending:
                 batch, self.pending = self.pending, []
                 try:
-                    outcomes = await recorder.db(save_rows, [(model, run_id, row) for model, run_id, row, _ in batch])
-                except Exception as exc:  # a lost connection, say: each waiting row's to handle
+                    outcomes = await recorder.db(write_together, [(kind, work) for kind, work, _ in batch])
+                except Exception as exc:  # a lost connection, say: each waiting caller's to handle
                     outcomes = [exc] * len(batch)
                 for (*_, future), outcome in zip(batch, outcomes):
                     if future.done():  # its conversation was cancelled meanwhile
@@ -63,6 +81,47 @@ class TranscriptWriter:
 def writer() -> TranscriptWriter:
     loop_id = id(asyncio.get_running_loop())
     return _writers.get(loop_id) or _writers.setdefault(loop_id, TranscriptWriter())
+
+
+def write_together(items: list[tuple[str, tuple]]) -> list:
+    """One flush, in one transaction: every row (``save_rows``), then every call in the order it
+    came. A conversation waits for each of its writes, so none of its calls shares a flush with its
+    own rows. For each item, its outcome: a row's "saved?", a call's result, or the error it raised.
+    """
+    outcomes: list = [None] * len(items)
+    rows = [(i, work) for i, (kind, work) in enumerate(items) if kind == ROW]
+    calls = [(i, work) for i, (kind, work) in enumerate(items) if kind == CALL]
+    try:
+        with transaction.atomic():
+            if rows:
+                for (i, _), outcome in zip(rows, save_rows([work for _, work in rows])):
+                    outcomes[i] = outcome
+            for i, (fn, args, kwargs) in calls:
+                outcomes[i] = _in_savepoint(fn, args, kwargs)
+    except DatabaseError as exc:  # the transaction itself failed (its commit, say): nothing is written
+        if len(items) == 1:
+            return [exc]
+        logger.info("a flush of %d writes failed as a whole (%s); writing them one by one", len(items), exc)
+        return [write_together([item])[0] for item in items]
+    if len(items) > 1:
+        for i, (fn, args, kwargs) in calls:
+            if isinstance(outcomes[i], DatabaseError):
+                outcomes[i] = write_together([(CALL, (fn, args, kwargs))])[0]
+    return outcomes
+
+
+def _in_savepoint(fn, args, kwargs):
+    savepoint = transaction.savepoint()
+    try:
+        result = fn(*args, **kwargs)
+    except DatabaseError as exc:
+        transaction.savepoint_rollback(savepoint)
+        return exc
+    except Exception as exc:
+        transaction.savepoint_commit(savepoint)
+        return exc
+    transaction.savepoint_commit(savepoint)
+    return result
 
 
 def save_rows(rows: list[tuple[type, str, dict]]) -> list[bool | Exception]:

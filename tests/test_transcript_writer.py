@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db import DatabaseError, connection
 
 from runs import services, writer
-from runs.models import ToolInvocation, Turn
+from runs.models import Run, ToolInvocation, Turn
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the database threads see committed rows only
@@ -78,3 +79,44 @@ def test_a_row_that_breaks_a_constraint_fails_only_its_own_caller(workspace):
     assert isinstance(saved_bad, Exception)
     assert Turn.objects.get(run=good).text == "hello"
     assert Turn.objects.get(run=bad).text == "already there"
+
+
+def test_stage_changes_of_many_conversations_share_a_flush_and_each_caller_hears_of_its_own(workspace):
+    runs = running_runs(workspace, 3)
+    services.run_cancel(run_id=runs[2].pk)  # ended: its change is refused
+
+    async def together():
+        return await asyncio.gather(*(writer.writer().call(services.run_finalize, run_id=run.pk) for run in runs))
+
+    assert async_to_sync(together)() == [True, True, False]
+    assert [Run.objects.get(pk=run.pk).stage for run in runs] == ["finalizing", "finalizing", "done"]
+
+
+def test_a_call_that_fails_undoes_only_its_own_writes_as_autocommit_would(workspace):
+    broken, refused, fine = running_runs(workspace, 3)
+
+    def finalize_then_break(run_id):
+        services.run_finalize(run_id=run_id)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    def finalize_then_refuse(run_id):
+        services.run_finalize(run_id=run_id)
+        raise ValueError("refused after finalizing")
+
+    async def together():
+        return await asyncio.gather(writer.writer().call(finalize_then_break, broken.pk),
+                                    writer.writer().call(finalize_then_refuse, refused.pk),
+                                    writer.writer().call(services.run_finalize, run_id=fine.pk),
+                                    return_exceptions=True)
+
+    outcomes = async_to_sync(together)()
+
+    assert isinstance(outcomes[0], DatabaseError)
+    assert isinstance(outcomes[1], ValueError)
+    assert outcomes[2] is True
+    # A database error undoes the call's own writes (tried again alone, it broke again); any other
+    # error keeps what the call wrote before raising, as it would without group commit.
+    assert Run.objects.get(pk=broken.pk).stage == "live"
+    assert Run.objects.get(pk=refused.pk).stage == "finalizing"
+    assert Run.objects.get(pk=fine.pk).stage == "finalizing"
