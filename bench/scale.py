@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import statistics
@@ -223,7 +224,9 @@ def run_batch(witness: Witness, workspace, *, name: str, size: int, kind: str) -
     busy_before = machine_busy_seconds()
     requested = datetime.now(timezone.utc)
     batch, runs = services.scenario_run_all(scenario=scenario)
-    wait_done([run.pk for run in runs], timeout=120 + size, poll=0.02)
+    # The end is read from the runs' own timestamps; a slow poll only keeps the bench's own queries
+    # out of the figures (500 ids, 50 times a second, were a fifth of the machine's CPU at K=500).
+    wait_done([run.pk for run in runs], timeout=120 + size, poll=0.2)
     seen = witness.stats()
     cpu = sum(cpu_seconds(node.process.pid) for node in WORKERS) - cpu_before
     busy = machine_busy_seconds() - busy_before
@@ -233,10 +236,27 @@ def run_batch(witness: Witness, workspace, *, name: str, size: int, kind: str) -
     problems = [f"{run.pk} {run.status}/{run.verdict}: {run.failure_reason} {(run.failure_detail or '')[:200]}"
                 for run in rows.exclude(status="completed", verdict="passed")[:5]]
     last_ended = rows.aggregate(at=Max("ended_at"))["at"]
-    return {"size": size, "seconds": (last_ended - requested).total_seconds(), "passed": passed,
+    return {"timeline": timeline(rows, requested), "size": size, "seconds": (last_ended - requested).total_seconds(), "passed": passed,
             "outcomes": outcomes, "problems": problems, "gaps": seen["gaps"], "peak": seen["peak"],
             "lag_p99": percentile(seen["lags"], 99) if seen["lags"] else 0.0, "messages": seen["messages"],
             "cpu_ms_per_run": cpu * 1000 / size, "machine_ms_per_run": busy * 1000 / size}
+
+
+def timeline(rows, requested) -> str:
+    """Where a batch's time went, from the runs' own timestamps: when the last run was admitted,
+    when they went live, how long their conversations and finalizing took; and how the runs split
+    between worker processes (an uneven split leaves a core idle at the end)."""
+    def ms(delta) -> float:
+        return delta.total_seconds() * 1000
+
+    stamps = list(rows.values_list("admitted_at", "started_at", "ended_at", "worker"))
+    live = sorted(ms(started - requested) for _, started, _, _ in stamps if started)
+    held = sorted(ms(ended - started) for _, started, ended, _ in stamps if started and ended)
+    admitted = max(ms(at - requested) for at, _, _, _ in stamps if at)
+    split = sorted(collections.Counter(worker for *_, worker in stamps).values(), reverse=True)
+    return (f"last admitted +{admitted:.0f} ms; live p50 +{statistics.median(live):.0f} ms, last +{live[-1]:.0f} ms; "
+            f"live -> ended p50 {statistics.median(held):.0f} ms, max {held[-1]:.0f} ms; runs per worker process "
+            f"{'/'.join(map(str, split))}")
 
 
 def report_problems(result: dict) -> bool:
@@ -279,6 +299,7 @@ def part_batch(witness, workspace, attempt: int) -> dict:
           f"so {result['seconds'] / BOTIUM_50_S[1]:.2f}-{result['seconds'] / BOTIUM_50_S[0]:.2f}x Botium's time "
           f"(goal <= 0.4x); witness gaps p50 {statistics.median(gaps):.1f} ms, p99 {percentile(gaps, 99):.1f} ms")
     print(f"      CPU per run: workers {result['cpu_ms_per_run']:.1f} ms, whole machine {result['machine_ms_per_run']:.1f} ms")
+    print(f"      {result['timeline']}")
     return {"seconds": result["seconds"], "runs_per_s": rate, "cpu_ms_per_run": result["cpu_ms_per_run"], "ok": ok}
 
 
@@ -294,6 +315,7 @@ def part_capacity(witness, workspace, level: int, attempt: int) -> dict:
           f"all ended {result['seconds']:.1f} s after the request (ideal ~{TURNS} s); witness loop lag p99 "
           f"{figures['lag_p99']:.1f} ms; CPU per run: workers {figures['cpu_ms_per_run']:.1f} ms, whole machine "
           f"{result['machine_ms_per_run']:.1f} ms")
+    print(f"      {result['timeline']}")
     return figures
 
 
