@@ -16,8 +16,10 @@ from runs.connectors import ConnectorError, Reply, TargetConnection, TargetUnrea
 
 
 class Recorder(Protocol):
+    # ``wait=False``: the row may still be on its way to the database when this returns; it is
+    # committed before anything the caller records next, and ``settled`` waits for it.
     async def turn(self, *, speaker: str, text: str, started_ms: int, ended_ms: int,
-                   latency_ms: int | None = None, is_error: bool = False) -> None: ...
+                   latency_ms: int | None = None, is_error: bool = False, wait: bool = True) -> None: ...
 
     async def tool(self, *, name: str, arguments: dict, result, at_ms: int,
                    duration_ms: int | None = None, status: str = "ok") -> None: ...
@@ -49,7 +51,9 @@ async def record_reply(reply: Reply, recorder: Recorder, clock: Clock, outcome: 
         latency_ms = reply.latency_ms
     if reply.text:
         now = clock.ms()
-        await recorder.turn(speaker="target", text=reply.text, started_ms=now, ended_ms=now, latency_ms=latency_ms)
+        # Not waited for: the caller's next line commits it (the recorder keeps their order).
+        await recorder.turn(speaker="target", text=reply.text, started_ms=now, ended_ms=now, latency_ms=latency_ms,
+                            wait=False)
     if reply.ended:
         outcome.ended_by = "target"
 

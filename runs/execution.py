@@ -238,7 +238,9 @@ async def converse(prepared: PreparedRun, connection: TargetConnection, *, http,
     try:
         caller = caller_for(prepared, http=http)
         recorder = recorder or DbRecorder(prepared.run_id)
-        return await asyncio.wait_for(caller.converse(connection, recorder, Clock()), timeout=cap)
+        outcome = await asyncio.wait_for(caller.converse(connection, recorder, Clock()), timeout=cap)
+        await recorder.settled()  # the target's last reply, which nothing after it waited for
+        return outcome
     except TargetUnreachable as exc:
         what = "phone number and that it is accepting calls" if prepared.channel == "voice" else (
             "URL and that the system is accepting sessions")

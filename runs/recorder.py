@@ -8,6 +8,7 @@ daphne, where the ConversationRelay websocket of a call lands — without starti
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import threading
@@ -62,27 +63,57 @@ def capped_text(text: str) -> str:
 
 
 class DbRecorder:
-    """Persists each turn and tool invocation first, then publishes it to the run's group."""
+    """Persists each turn and tool invocation first, then publishes it to the run's group.
+
+    Rows are saved in the order they are recorded (one flush after another, ``runs.writer``). A
+    call waits for its row's commit, except a target's turn recorded with ``wait=False``: that one
+    is committed with the caller's next line, which the conversation waits for before sending it.
+    So the target never hears a caller's line the transcript does not hold, and each exchange waits
+    for one flush, not two.
+    """
 
     def __init__(self, run_id):
         self.run_id = run_id
         self.turn_seq = 0
         self.tool_seq = 0
+        self._unsettled: collections.deque[asyncio.Future] = collections.deque()
 
-    async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False):
+    async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False, wait=True):
         self.turn_seq += 1
         text = capped_text(text)
         row = {"seq": self.turn_seq, "speaker": speaker, "text": text, "started_ms": started_ms,
                "ended_ms": ended_ms, "latency_ms": latency_ms, "is_error": is_error}
-        if await writer().save(Turn, self.run_id, row):
-            self._push(turn_message, row)
+        self._record(Turn, turn_message, row)
+        if wait:
+            await self.settled()
 
     async def tool(self, *, name, arguments, result, at_ms, duration_ms=None, status="ok"):
         self.tool_seq += 1
         row = {"seq": self.tool_seq, "name": name, "arguments": arguments, "result": result,
                "at_ms": at_ms, "duration_ms": duration_ms, "status": status}
-        if await writer().save(ToolInvocation, self.run_id, row):
-            self._push(tool_message, row)
+        self._record(ToolInvocation, tool_message, row)
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Wait until every row recorded so far is committed; raises what saving one raised."""
+        while self._unsettled:
+            saving = self._unsettled[0]
+            try:
+                await saving
+            finally:
+                if self._unsettled and self._unsettled[0] is saving:
+                    self._unsettled.popleft()
+
+    def _record(self, model, message_for, row: dict) -> None:
+        saving = writer().submit(model, self.run_id, row)
+        saving.add_done_callback(functools.partial(self._saved, message_for, row))
+        self._unsettled.append(saving)
+
+    def _saved(self, message_for, row: dict, saving: asyncio.Future) -> None:
+        # Only a row that landed is pushed (a cancelled or ended run gains none); an error is
+        # raised to the conversation by ``settled``.
+        if not saving.cancelled() and saving.exception() is None and saving.result():
+            self._push(message_for, row)
 
     def _push(self, message_for, row: dict) -> None:
         """Publish a saved row, after the run's earlier pushes, without waiting for it.

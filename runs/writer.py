@@ -39,7 +39,11 @@ class TranscriptWriter:
 
     async def save(self, model, run_id, row: dict) -> bool:
         """Insert ``row`` for ``run_id`` unless the run has ended; True when it was saved."""
-        return await self._submit(ROW, (model, str(run_id), row))
+        return await self.submit(model, run_id, row)
+
+    def submit(self, model, run_id, row: dict) -> asyncio.Future:
+        """``save`` without waiting: the future is resolved when the flush that holds the row commits."""
+        return self._enqueue(ROW, (model, str(run_id), row))
 
     async def call(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` on the database thread, in the next flush's transaction (within
@@ -49,15 +53,15 @@ class TranscriptWriter:
         written. A database error undoes only ``fn``'s own writes, and ``fn`` is tried once more on
         its own after the flush: a deadlock's victim, say, succeeds then.
         """
-        return await self._submit(CALL, (fn, args, kwargs))
+        return await self._enqueue(CALL, (fn, args, kwargs))
 
-    async def _submit(self, kind: str, work: tuple):
+    def _enqueue(self, kind: str, work: tuple) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self.pending.append((kind, work, future))
         if not self.flushing:
             self.flushing = True
             asyncio.ensure_future(self._flush_all())
-        return await future
+        return future
 
     async def _flush_all(self) -> None:
         try:
