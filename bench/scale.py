@@ -67,7 +67,8 @@ def serve_witness(port: int) -> None:
     state = {}
 
     def reset():
-        state.update(sent={}, gaps=[], open=set(), peak=0, lags=[], first=None, last=None, messages=0)
+        state.update(sent={}, gaps=[], by_exchange={}, open=set(), peak=0, lags=[], first=None, last=None,
+                     messages=0)
 
     reset()
 
@@ -80,7 +81,9 @@ def serve_witness(port: int) -> None:
         state["last"] = received
         sent = state["sent"].pop(session, None)
         if sent is not None:
-            state["gaps"].append((received - sent) * 1000)
+            gap = (received - sent[0]) * 1000
+            state["gaps"].append(gap)
+            state["by_exchange"].setdefault(str(sent[1]), []).append(gap)
         state["open"].add(session)
         state["peak"] = max(state["peak"], len(state["open"]))
         if think:
@@ -95,7 +98,8 @@ def serve_witness(port: int) -> None:
         if text.endswith(f"{TURNS - 1}"):  # the script's last line: this conversation ends here
             state["open"].discard(session)
         else:
-            state["sent"][session] = time.monotonic()
+            # Which reply of the conversation this is: the gaps after it are reported by position.
+            state["sent"][session] = (time.monotonic(), (sent[1] if sent is not None else 0) + 1)
         return response
 
     async def instant(request):
@@ -237,7 +241,8 @@ def run_batch(witness: Witness, workspace, *, name: str, size: int, kind: str) -
                 for run in rows.exclude(status="completed", verdict="passed")[:5]]
     last_ended = rows.aggregate(at=Max("ended_at"))["at"]
     return {"timeline": timeline(rows, requested), "size": size, "seconds": (last_ended - requested).total_seconds(), "passed": passed,
-            "outcomes": outcomes, "problems": problems, "gaps": seen["gaps"], "peak": seen["peak"],
+            "outcomes": outcomes, "problems": problems, "gaps": seen["gaps"], "by_exchange": seen["by_exchange"],
+            "peak": seen["peak"],
             "lag_p99": percentile(seen["lags"], 99) if seen["lags"] else 0.0, "messages": seen["messages"],
             "cpu_ms_per_run": cpu * 1000 / size, "machine_ms_per_run": busy * 1000 / size}
 
@@ -316,6 +321,9 @@ def part_capacity(witness, workspace, level: int, attempt: int) -> dict:
           f"{figures['lag_p99']:.1f} ms; CPU per run: workers {figures['cpu_ms_per_run']:.1f} ms, whole machine "
           f"{result['machine_ms_per_run']:.1f} ms")
     print(f"      {result['timeline']}")
+    print("      gap p50/p99 by exchange: " + ", ".join(
+        f"{n}: {statistics.median(gaps):.0f}/{percentile(gaps, 99):.0f} ms"
+        for n, gaps in sorted(result["by_exchange"].items(), key=lambda item: int(item[0]))))
     return figures
 
 
