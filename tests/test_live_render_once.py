@@ -13,6 +13,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.db import IntegrityError
 from django.db.backends.utils import CursorWrapper
 from django.template.loader import render_to_string
 from django.test.signals import template_rendered
@@ -287,3 +288,32 @@ def test_a_row_nobody_watches_is_saved_and_never_rendered(running_run, renders):
     assert renders.count("runs/partials/turn.html") == 1
     assert list(Turn.objects.filter(run=running_run).order_by("seq").values_list("text", flat=True)) == [
         "Nobody is watching", "Somebody is"]
+
+
+def test_a_reply_recorded_without_waiting_commits_with_the_callers_next_line_and_pushes_first(running_run):
+    async def scenario():
+        layer, channel = await group_listener(running_run)
+        recorder = DbRecorder(running_run.pk)
+        await recorder.turn(speaker="target", text="Reply", started_ms=0, ended_ms=0, latency_ms=3, wait=False)
+        await recorder.turn(speaker="caller", text="Next line", started_ms=5, ended_ms=5)
+        saved = await sync_to_async(lambda: list(
+            Turn.objects.filter(run=running_run).order_by("seq").values_list("speaker", flat=True)))()
+        pushed = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
+        return saved, [m["seq"] for m in pushed]
+
+    saved, pushed = async_to_sync(scenario)()
+
+    assert saved == ["target", "caller"]  # both committed by the time the caller's line could be sent
+    assert pushed == [1, 2]
+
+
+def test_a_reply_that_could_not_be_saved_fails_the_conversation_at_its_next_line(running_run):
+    Turn.objects.create(run=running_run, seq=1, speaker="target", text="already there", started_ms=0, ended_ms=0)
+
+    async def scenario():
+        recorder = DbRecorder(running_run.pk)
+        await recorder.turn(speaker="target", text="Reply", started_ms=0, ended_ms=0, wait=False)  # seq 1 again
+        await recorder.turn(speaker="caller", text="Next line", started_ms=5, ended_ms=5)
+
+    with pytest.raises(IntegrityError):
+        async_to_sync(scenario)()
