@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import logging
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -35,7 +36,7 @@ from runs.llm_caller import CallerError, Function, LLMCaller
 from runs.models import CriterionResult, Run, ToolInvocation, Turn
 from runs.recorder import DbRecorder, capped_text, db
 from runs.writer import writer
-from scenarios.models import Target, url_origin
+from scenarios.models import CustomFunction, Target, url_origin
 
 logger = logging.getLogger(__name__)
 
@@ -154,20 +155,40 @@ def secrets_belong_to_snapshot(snapshot_target: dict, live_target: Target) -> bo
 def load_prepared(run_id) -> PreparedRun | None:
     """The run with its live secrets and functions; raises ``ToolSyncPending`` for unsynced functions and
     ``PlatformError`` when the target's host or headers changed since the run was queued."""
+    prepared = load_prepared_many([run_id]).get(str(run_id))
+    if isinstance(prepared, Exception):
+        raise prepared
+    return prepared
+
+
+def load_prepared_many(run_ids) -> dict[str, PreparedRun | RunFailure]:
+    """``load_prepared`` for several runs in two queries: {run id: its PreparedRun, or the failure
+    that keeps it from running}; a run that is gone is left out."""
     # .order_by(): no default ordering to compile on this hot path.
-    run = Run.objects.select_related("scenario__agent", "scenario__target").filter(pk=run_id).order_by().first()
-    if run is None:
-        return None
+    runs = list(Run.objects.select_related("scenario__agent", "scenario__target").filter(pk__in=list(run_ids)).order_by())
+    agent_ids = {run.scenario.agent_id for run in runs if run.scenario is not None and run.scenario.agent_id}
+    functions_of = defaultdict(list)
+    for function in CustomFunction.objects.filter(agent_id__in=agent_ids).order_by() if agent_ids else ():
+        functions_of[function.agent_id].append(function)
+    prepared = {}
+    for run in runs:
+        try:
+            prepared[str(run.pk)] = _prepared(run, functions_of)
+        except RunFailure as failure:
+            prepared[str(run.pk)] = failure
+    return prepared
+
+
+def _prepared(run: Run, functions_of: dict) -> PreparedRun:
     scenario = run.scenario
     live_target = scenario.target if scenario else None
     agent = scenario.agent if scenario else None
     unsynced, functions = [], []
-    if agent is not None:
-        for function in agent.functions.order_by():
-            if function.sync_status != "synced":
-                unsynced.append(f"{function.name} ({function.sync_status})")
-            functions.append(Function(name=function.name, description=function.description,
-                                      parameters=function.parameters, url=function.url, secret=function.secret))
+    for function in functions_of.get(agent.pk, ()) if agent is not None else ():
+        if function.sync_status != "synced":
+            unsynced.append(f"{function.name} ({function.sync_status})")
+        functions.append(Function(name=function.name, description=function.description,
+                                  parameters=function.parameters, url=function.url, secret=function.secret))
     if unsynced:
         raise ToolSyncPending(f"These custom functions of the agent have not synced: {', '.join(unsynced)}. Check "
                               "the Functions panel banner; click Retry if it's red.")
@@ -198,15 +219,21 @@ def llm_settings(agent) -> dict:
             "model": (agent.llm_model if agent is not None and agent.llm_model else settings.LLM_MODEL)}
 
 
-def _claim_and_load(run_id, *, worker: str) -> PreparedRun | None:
-    if not services.run_claim(run_id=run_id, worker=worker):
-        return None  # another executor has it, or it was cancelled meanwhile
-    return load_prepared(run_id)
+def _claim_and_load(claims: list[tuple[str, str]]) -> list[PreparedRun | RunFailure | None]:
+    """Claim and load each (run id, worker) of ``claims``: a handful of statements for all of them,
+    where each run made four. None for a run another executor has, or that was cancelled meanwhile."""
+    claimed = {}
+    for worker in dict.fromkeys(worker for _, worker in claims):
+        claimed.update(dict.fromkeys(services.run_claim_many(
+            run_ids=[run_id for run_id, by in claims if by == worker], worker=worker)))
+    prepared = load_prepared_many(claimed) if claimed else {}
+    return [prepared.get(str(run_id)) if str(run_id) in claimed else None for run_id, _ in claims]
 
 
 async def materialize(run_id, *, worker: str) -> PreparedRun | None:
-    """Claim an admitted run and prepare it; None when another executor has it or it is gone."""
-    prepared = await writer().call(_claim_and_load, run_id, worker=worker)
+    """Claim an admitted run and prepare it; None when another executor has it or it is gone. The
+    runs a loop materializes at once are claimed and loaded together (``runs.writer``)."""
+    prepared = await writer().call_together(_claim_and_load, (str(run_id), worker))
     if prepared is not None and not prepared.script and not prepared.llm.get("base_url"):
         raise PlatformError(
             "This path has no script, so it needs the LLM caller, and no LLM provider is configured: set "
@@ -275,13 +302,13 @@ def _finalize_and_read(run_id) -> tuple[list[dict], list[dict]] | None:
 
 def _complete(run_id, results, *, verdict: str, metrics: dict) -> None:
     """Store the criteria's results and complete the run, in one transaction."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         _save_results(run_id, results)
         services.run_complete(run_id=run_id, verdict=verdict, metrics=metrics)
 
 
 def _save_results(run_id, results) -> None:
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         CriterionResult.objects.filter(run_id=run_id).delete()
         CriterionResult.objects.bulk_create([
             CriterionResult(run_id=run_id, position=i, name=r.name, kind=r.kind, outcome=r.outcome,

@@ -45,7 +45,9 @@ def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: 
     lookup = {"pk": run_id, "status": from_status}
     if from_stage is not None:
         lookup["stage"] = from_stage
-    with transaction.atomic():
+    # No savepoint of its own when nested (a flush of runs.writer, say): whoever holds the outer
+    # block decides what an error undoes, and on PostgreSQL each savepoint is two more round trips.
+    with transaction.atomic(savepoint=False):
         if from_stage is None:
             current = Run.objects.filter(**lookup).values_list("stage", flat=True).first()
             if current is None:
@@ -322,6 +324,18 @@ def run_claim(*, run_id, worker: str) -> bool:
     return Run.objects.filter(pk=run_id, status=S.RUNNING, stage=G.MATERIALIZING, worker="").update(
         worker=worker, heartbeat_at=timezone.now()
     ) == 1
+
+
+def run_claim_many(*, run_ids, worker: str) -> list[str]:
+    """``run_claim`` for several runs at once; returns the ids this executor got. The free ones are
+    locked first (a concurrent claimer waits, then finds them taken), then taken with one update."""
+    with transaction.atomic(savepoint=False):
+        free = [str(pk) for pk in Run.objects.select_for_update().filter(
+            pk__in=list(run_ids), status=S.RUNNING, stage=G.MATERIALIZING, worker="").order_by().values_list(
+            "pk", flat=True)]
+        if free:
+            Run.objects.filter(pk__in=free).update(worker=worker, heartbeat_at=timezone.now())
+    return free
 
 
 def run_go_live(*, run_id, persona: str) -> bool:

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 _writers: dict[int, TranscriptWriter] = {}
 
-ROW, CALL = "row", "call"
+ROW, CALL, TOGETHER = "row", "call", "together"
 
 
 class TranscriptWriter:
@@ -54,6 +54,14 @@ class TranscriptWriter:
         its own after the flush: a deadlock's victim, say, succeeds then.
         """
         return await self._enqueue(CALL, (fn, args, kwargs))
+
+    async def call_together(self, many, item):
+        """``many`` called once per flush with every ``item`` submitted for it meanwhile, in the
+        order they came; returns this item's outcome (``many`` returns one per item, an exception
+        instance for one to raise). For work that costs much less done for many at once: claiming
+        and loading the runs a worker was just handed. Otherwise like ``call``.
+        """
+        return await self._enqueue(TOGETHER, (many, item))
 
     def _enqueue(self, kind: str, work: tuple) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -89,43 +97,65 @@ def writer() -> TranscriptWriter:
 
 def write_together(items: list[tuple[str, tuple]]) -> list:
     """One flush, in one transaction: every row (``save_rows``), then every call in the order it
-    came. A conversation waits for each of its writes, so none of its calls shares a flush with its
-    own rows. For each item, its outcome: a row's "saved?", a call's result, or the error it raised.
+    came (calls made together, at the place of the first). A conversation waits for each of its
+    writes, so none of its calls shares a flush with its own rows. For each item, its outcome: a
+    row's "saved?", a call's result, or the error it raised.
     """
     outcomes: list = [None] * len(items)
     rows = [(i, work) for i, (kind, work) in enumerate(items) if kind == ROW]
-    calls = [(i, work) for i, (kind, work) in enumerate(items) if kind == CALL]
+    calls = _calls(items)
     try:
         with transaction.atomic():
             if rows:
                 for (i, _), outcome in zip(rows, save_rows([work for _, work in rows])):
                     outcomes[i] = outcome
-            for i, (fn, args, kwargs) in calls:
-                outcomes[i] = _in_savepoint(fn, args, kwargs)
+            for places, (fn, args, kwargs) in calls:
+                outcome = _in_savepoint(fn, args, kwargs)
+                if items[places[0]][0] == CALL:
+                    outcomes[places[0]] = outcome
+                else:  # one outcome per item, or the error that failed them all
+                    for place, one in zip(places, outcome if isinstance(outcome, list) else [outcome] * len(places)):
+                        outcomes[place] = one
     except DatabaseError as exc:  # the transaction itself failed (its commit, say): nothing is written
         if len(items) == 1:
             return [exc]
         logger.info("a flush of %d writes failed as a whole (%s); writing them one by one", len(items), exc)
         return [write_together([item])[0] for item in items]
     if len(items) > 1:
-        for i, (fn, args, kwargs) in calls:
-            if isinstance(outcomes[i], DatabaseError):
-                outcomes[i] = write_together([(CALL, (fn, args, kwargs))])[0]
+        for i, (kind, work) in enumerate(items):
+            if kind != ROW and isinstance(outcomes[i], DatabaseError):
+                outcomes[i] = write_together([(kind, work)])[0]
     return outcomes
 
 
+def _calls(items) -> list[tuple[list[int], tuple]]:
+    """The calls of a flush as (the items' places, (fn, args, kwargs)); items made together are one
+    call of their ``many``, with all their items."""
+    calls, together = [], {}
+    for i, (kind, work) in enumerate(items):
+        if kind == CALL:
+            calls.append(([i], work))
+        elif kind == TOGETHER:
+            many, item = work
+            if many not in together:
+                together[many] = ([], ([],), {})
+                calls.append((together[many][0], (many, together[many][1], {})))
+            together[many][0].append(i)
+            together[many][1][0].append(item)
+    return calls
+
+
 def _in_savepoint(fn, args, kwargs):
-    savepoint = transaction.savepoint()
     try:
-        result = fn(*args, **kwargs)
+        with transaction.atomic():  # a savepoint: a database error rolls back to it, and only to it
+            try:
+                return fn(*args, **kwargs)
+            except DatabaseError:
+                raise
+            except Exception as exc:  # what ``fn`` wrote before raising stays, as in autocommit
+                return exc
     except DatabaseError as exc:
-        transaction.savepoint_rollback(savepoint)
         return exc
-    except Exception as exc:
-        transaction.savepoint_commit(savepoint)
-        return exc
-    transaction.savepoint_commit(savepoint)
-    return result
 
 
 def save_rows(rows: list[tuple[type, str, dict]]) -> list[bool | Exception]:

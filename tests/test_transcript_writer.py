@@ -120,3 +120,33 @@ def test_a_call_that_fails_undoes_only_its_own_writes_as_autocommit_would(worksp
     assert Run.objects.get(pk=broken.pk).stage == "live"
     assert Run.objects.get(pk=refused.pk).stage == "finalizing"
     assert Run.objects.get(pk=fine.pk).stage == "finalizing"
+
+
+def test_work_made_together_is_done_once_per_flush_and_each_caller_gets_its_own_outcome(workspace):
+    calls = []
+
+    def double_all(items):
+        calls.append(list(items))
+        return [ValueError("odd") if item % 2 else item * 2 for item in items]
+
+    async def together():
+        return await asyncio.gather(*(writer.writer().call_together(double_all, item) for item in (2, 3, 4)),
+                                    return_exceptions=True)
+
+    doubled = async_to_sync(together)()
+
+    assert calls == [[2, 3, 4]]
+    assert doubled[0] == 4 and isinstance(doubled[1], ValueError) and doubled[2] == 8
+
+
+def test_runs_claimed_together_go_to_one_executor_only(workspace):
+    scenario = f.ScenarioFactory(workspace=workspace)
+    runs = [f.RunFactory(path=f.PathFactory(scenario=scenario), status="running", stage="materializing", worker="")
+            for _ in range(3)]
+    ids = [str(run.pk) for run in runs]
+    services.run_claim(run_id=ids[0], worker="worker:first")
+
+    assert sorted(services.run_claim_many(run_ids=ids, worker="worker:second")) == sorted(ids[1:])
+    assert services.run_claim_many(run_ids=ids, worker="worker:third") == []
+    assert dict(Run.objects.filter(pk__in=ids).values_list("pk", "worker")) == {
+        runs[0].pk: "worker:first", runs[1].pk: "worker:second", runs[2].pk: "worker:second"}
