@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from runs import services
+from runs import live, services
 from runs.connectors import ConnectionContext, ConnectorError, TargetConnection, TargetUnreachable, connection_for
 from runs.engine import Clock, Outcome, ScriptedCaller
 from runs.evaluation import evaluate
@@ -172,6 +172,7 @@ def load_prepared_many(run_ids) -> dict[str, PreparedRun | RunFailure]:
         functions_of[function.agent_id].append(function)
     prepared = {}
     for run in runs:
+        live.remember_groups(run.pk, run.workspace_id, run.scenario_id)  # its stage changes publish without a query
         try:
             prepared[str(run.pk)] = _prepared(run, functions_of)
         except RunFailure as failure:

@@ -42,10 +42,16 @@ def run_groups(run_ids) -> dict[str, list[str]]:
     if missing:
         rows = Run.objects.filter(pk__in=missing).order_by().values_list("pk", "workspace_id", "scenario_id")
         for run_id, workspace_id, scenario_id in rows:
-            groups[str(run_id)] = _known_groups[str(run_id)] = [f"run-{run_id}", f"workspace-{workspace_id}"] + (
-                [f"scenario-{scenario_id}"] if scenario_id else [])
-        while len(_known_groups) > KNOWN_GROUPS_LIMIT:
-            _known_groups.popitem(last=False)
+            groups[str(run_id)] = remember_groups(run_id, workspace_id, scenario_id)
+    return groups
+
+
+def remember_groups(run_id, workspace_id, scenario_id) -> list[str]:
+    """Note a run's groups, read along with something else (a worker loading the runs it claimed)."""
+    groups = _known_groups[str(run_id)] = [f"run-{run_id}", f"workspace-{workspace_id}"] + (
+        [f"scenario-{scenario_id}"] if scenario_id else [])
+    while len(_known_groups) > KNOWN_GROUPS_LIMIT:
+        _known_groups.popitem(last=False)
     return groups
 
 
