@@ -66,6 +66,33 @@ def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: 
     return True
 
 
+class _Once:
+    """An ``on_commit`` hook that a transaction needs only once, however many changes ask for it."""
+
+    def __init__(self, key: tuple, fn):
+        self.key, self.fn = key, fn
+
+    def __call__(self):
+        self.fn()
+
+
+def _on_commit_once(key: tuple, fn) -> None:
+    """``transaction.on_commit(fn)``, unless a hook of the same key is already due with this commit.
+
+    A worker's flush ends hundreds of runs of one workspace and batch in one transaction; each
+    asked for the same admission and the same "is the batch finished?" check after it. A hook
+    registered in a savepoint that may still be rolled back while this one stands does not count.
+    (Django keeps the hooks as (savepoint ids, hook, robust) in ``connection.run_on_commit``.)
+    """
+    connection = transaction.get_connection()
+    if connection.in_atomic_block:
+        current = set(connection.savepoint_ids)
+        for savepoints, hook, _robust in connection.run_on_commit:
+            if isinstance(hook, _Once) and hook.key == key and set(savepoints) <= current:
+                return
+    transaction.on_commit(_Once(key, fn))
+
+
 def _after_terminal(run_id, *, was_running: bool) -> None:
     """A slot freed up: admit the next runs of the workspace; send the completion webhook; a voice
     run that got as far as its call releases it (hang up, free the number) through its driver; the
@@ -74,7 +101,7 @@ def _after_terminal(run_id, *, was_running: bool) -> None:
         "workspace_id", "workspace__webhook_url", "snapshot__scenario__channel", "batch_id").first()
     _admit_after_commit(workspace_id)
     if batch_id is not None:
-        transaction.on_commit(lambda: _finish_batch_after_commit(batch_id))
+        _on_commit_once(("finish batch", batch_id), lambda: _finish_batch_after_commit(batch_id))
     if webhook_url:
         transaction.on_commit(lambda: dispatch.notify_run_finished(run_id))
     if was_running and channel == "voice":
@@ -178,7 +205,7 @@ def _admit_now(workspace_id) -> list:
 
 
 def _admit_after_commit(workspace_id) -> None:
-    transaction.on_commit(lambda: _admit_now(workspace_id))
+    _on_commit_once(("admit", workspace_id), lambda: _admit_now(workspace_id))
 
 
 @transaction.atomic

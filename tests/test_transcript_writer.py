@@ -150,3 +150,24 @@ def test_runs_claimed_together_go_to_one_executor_only(workspace):
     assert services.run_claim_many(run_ids=ids, worker="worker:third") == []
     assert dict(Run.objects.filter(pk__in=ids).values_list("pk", "worker")) == {
         runs[0].pk: "worker:first", runs[1].pk: "worker:second", runs[2].pk: "worker:second"}
+
+
+def test_runs_ending_in_one_flush_admit_and_check_their_batch_once(workspace, monkeypatch):
+    scenario = f.ScenarioFactory(workspace=workspace)
+    batch = f.BatchFactory(workspace=workspace, scenario=scenario)
+    runs = [f.RunFactory(path=f.PathFactory(scenario=scenario), batch=batch, status="running", stage="finalizing",
+                         worker="worker:test") for _ in range(3)]
+    admissions, checks = [], []
+    admit, finish = services.admit_pending_runs, services.batch_finish
+    monkeypatch.setattr(services, "admit_pending_runs", lambda **kw: admissions.append(kw) or admit(**kw))
+    monkeypatch.setattr(services, "batch_finish", lambda **kw: checks.append(kw) or finish(**kw))
+
+    async def together():
+        return await asyncio.gather(*(writer.writer().call(services.run_complete, run_id=run.pk, verdict="passed",
+                                                           metrics={}) for run in runs))
+
+    assert async_to_sync(together)() == [True] * 3
+    assert admissions == [{"workspace_id": workspace.pk}]
+    assert checks == [{"batch_id": batch.pk}]
+    batch.refresh_from_db()
+    assert batch.finished_at is not None
