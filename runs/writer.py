@@ -30,12 +30,30 @@ _writers: dict[int, TranscriptWriter] = {}
 ROW, CALL, TOGETHER = "row", "call", "together"
 
 
-class TranscriptWriter:
-    """One per event loop: what waits for the next flush, and whether one is under way."""
+# A flush of stage changes costs a few statements per run: hundreds at once (a batch ending) took
+# PostgreSQL half a second. Bounded, the changes after them wait one more flush instead.
+MAX_CALLS_PER_FLUSH = 64
 
-    def __init__(self):
+
+class _Lane:
+    def __init__(self, limit: int | None):
         self.pending: list[tuple[str, tuple, asyncio.Future]] = []
         self.flushing = False
+        self.limit = limit
+
+
+class TranscriptWriter:
+    """One per event loop: what waits for the next flush, and whether one is under way.
+
+    Rows and calls flush in lanes of their own, so a conversation's next line never waits behind
+    other runs' stage changes: on PostgreSQL the two lanes write on two database threads at once.
+    A conversation awaits each write before its next, so its rows and its changes keep their order
+    (it goes live before its first row, and closes after its last).
+    """
+
+    def __init__(self):
+        self.rows = _Lane(limit=None)
+        self.calls = _Lane(limit=MAX_CALLS_PER_FLUSH)
 
     async def save(self, model, run_id, row: dict) -> bool:
         """Insert ``row`` for ``run_id`` unless the run has ended; True when it was saved."""
@@ -67,16 +85,18 @@ class TranscriptWriter:
 
     def _enqueue(self, kind: str, work: tuple) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self.pending.append((kind, work, future))
-        if not self.flushing:
-            self.flushing = True
-            asyncio.ensure_future(self._flush_all())
+        lane = self.rows if kind == ROW else self.calls
+        lane.pending.append((kind, work, future))
+        if not lane.flushing:
+            lane.flushing = True
+            asyncio.ensure_future(self._flush_all(lane))
         return future
 
-    async def _flush_all(self) -> None:
+    async def _flush_all(self, lane: _Lane) -> None:
         try:
-            while self.pending:
-                batch, self.pending = self.pending, []
+            while lane.pending:
+                limit = lane.limit or len(lane.pending)
+                batch, lane.pending = lane.pending[:limit], lane.pending[limit:]
                 try:
                     outcomes = await recorder.db(write_together, [(kind, work) for kind, work, _ in batch])
                 except Exception as exc:  # a lost connection, say: each waiting caller's to handle
@@ -89,7 +109,7 @@ class TranscriptWriter:
                     else:
                         future.set_result(outcome)
         finally:
-            self.flushing = False
+            lane.flushing = False
 
 
 def writer() -> TranscriptWriter:
