@@ -202,6 +202,10 @@ class DaphneServer:
             "PYTHONUNBUFFERED": "1",
             # The loopback telephony calls this server back on its own port.
             "PORT": str(self.port),
+            # The workers' heartbeat settings: daphne holds calls, and the workers' sweep judges its
+            # heartbeats by their timeout (a deployment gives every process the same values).
+            "RUN_HEARTBEAT_SECONDS": "1",
+            "RUN_HEARTBEAT_TIMEOUT_SECONDS": "4",
             "EGRESS_ALLOW": os.environ.get("EGRESS_ALLOW", "loopback,private"),
             **(env or {}),
         })
