@@ -124,11 +124,10 @@ class FakeTarget:
     """A customer's chat bot over HTTP JSON on 127.0.0.1. ``behaviour`` decides each answer.
 
     behaviour(message: str, count: int) -> (status, body) — count is this bot's request number, and
-    ``requests[count - 1]`` the request itself. ``replied(count)``, if given, is called once that
-    answer has been written.
+    ``requests[count - 1]`` the request itself.
     """
 
-    def __init__(self, behaviour, replied=None):
+    def __init__(self, behaviour):
         self.behaviour = behaviour
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -150,9 +149,6 @@ class FakeTarget:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                if replied is not None:
-                    self.wfile.flush()
-                    replied(count)
 
             def log_message(self, *args):
                 pass

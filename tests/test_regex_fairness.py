@@ -33,7 +33,7 @@ class GapWitness:
         self.gaps: list[float] = []
         self.replied_at: dict[str, float] = {}
         self.lock = threading.Lock()
-        self.target = FakeTarget(self.answer, replied=self.replied)
+        self.target = FakeTarget(self.answer)
         self.url = self.target.url
 
     def session(self, count: int) -> str:
@@ -45,13 +45,15 @@ class GapWitness:
             if session in self.replied_at:
                 self.gaps.append(arrived - self.replied_at.pop(session))
         if message.startswith("hostile"):
-            return 200, {"reply": HOSTILE_REPLY}
-        time.sleep(0.1)
-        return 200, {"reply": "Noted, go on."}
-
-    def replied(self, count: int) -> None:
+            reply = HOSTILE_REPLY
+        else:
+            time.sleep(0.1)
+            reply = "Noted, go on."
         with self.lock:
-            self.replied_at[self.session(count)] = time.monotonic()
+            # Noted just before the reply is written, so the caller's next message can never arrive
+            # first (noted after it, a fast caller's next message sometimes did, and went uncounted).
+            self.replied_at[session] = time.monotonic()
+        return 200, {"reply": reply}
 
     def close(self) -> None:
         self.target.close()
