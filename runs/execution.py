@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from runs import live, services
@@ -165,7 +165,8 @@ def load_prepared_many(run_ids) -> dict[str, PreparedRun | RunFailure]:
     """``load_prepared`` for several runs in two queries: {run id: its PreparedRun, or the failure
     that keeps it from running}; a run that is gone is left out."""
     # .order_by(): no default ordering to compile on this hot path.
-    runs = list(Run.objects.select_related("scenario__agent", "scenario__target").filter(pk__in=list(run_ids)).order_by())
+    runs = list(Run.objects.select_related("scenario__agent", "scenario__target")
+                .filter(pk__in=list(run_ids)).order_by())
     agent_ids = {run.scenario.agent_id for run in runs if run.scenario is not None and run.scenario.agent_id}
     functions_of = defaultdict(list)
     for function in CustomFunction.objects.filter(agent_id__in=agent_ids).order_by() if agent_ids else ():
@@ -227,7 +228,19 @@ def _claim_and_load(claims: list[tuple[str, str]]) -> list[PreparedRun | RunFail
     for worker in dict.fromkeys(worker for _, worker in claims):
         claimed.update(dict.fromkeys(services.run_claim_many(
             run_ids=[run_id for run_id, by in claims if by == worker], worker=worker)))
-    prepared = load_prepared_many(claimed) if claimed else {}
+    try:
+        prepared = load_prepared_many(claimed) if claimed else {}
+    except DatabaseError:
+        raise
+    except Exception:  # one run's secret unreadable, say: load each alone, so only its runs fail
+        prepared = {}
+        for run_id in claimed:
+            try:
+                prepared.update(load_prepared_many([run_id]))
+            except DatabaseError:
+                raise
+            except Exception as exc:
+                prepared[run_id] = exc
     return [prepared.get(str(run_id)) if str(run_id) in claimed else None for run_id, _ in claims]
 
 

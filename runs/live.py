@@ -208,6 +208,10 @@ async def send_batch(batch: list[tuple[list[str], Message]], *, publisher: Publi
         await pipe.execute()
 
 
+async def _send_batch_in_time(batch) -> None:
+    await asyncio.wait_for(send_batch(batch), SEND_TIMEOUT_SECONDS)
+
+
 def publish_run_changed(*run_ids) -> None:
     """Tell every page that shows these runs that their status or stage changed.
 
@@ -224,7 +228,7 @@ def publish_run_changed(*run_ids) -> None:
         publisher(loop).publish_threadsafe(messages)
         return
     try:
-        async_to_sync(send_batch)(messages)
+        async_to_sync(_send_batch_in_time)(messages)
     except Exception as exc:  # a doorbell: the database has the change
         logger.warning("could not publish the change of run(s) %s (%s)", ", ".join(map(str, run_ids)), exc)
 

@@ -98,11 +98,12 @@ class DbRecorder:
         """Wait until every row recorded so far is committed; raises what saving one raised."""
         while self._unsettled:
             saving = self._unsettled[0]
-            try:
-                await saving
-            finally:
-                if self._unsettled and self._unsettled[0] is saving:
-                    self._unsettled.popleft()
+            # Shielded: a waiter that is cancelled (a call's background task) must not cancel the
+            # row's save for the others. A row that failed stays at the head, so the conversation
+            # hears of it even if another waiter heard first.
+            await asyncio.shield(saving)
+            if self._unsettled and self._unsettled[0] is saving:
+                self._unsettled.popleft()
 
     def _record(self, model, message_for, row: dict) -> None:
         saving = writer().submit(model, self.run_id, row)

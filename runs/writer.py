@@ -68,9 +68,10 @@ class TranscriptWriter:
         what it returns, or raises what it raised.
 
         As in autocommit, what ``fn`` wrote before raising anything but a database error stays
-        written. A database error undoes the whole flush, which is then written again one item at
-        a time, each in a transaction of its own: only ``fn``'s own writes are lost, and ``fn`` is
-        tried once more on its own (a deadlock's victim, say, succeeds then). Errors are rare; a
+        written, unless it raised inside an atomic block of its own, which undoes its writes as that
+        block would. A database error undoes the whole flush, which is then written again one item
+        at a time, each in a transaction of its own: only ``fn``'s own writes are lost, and ``fn``
+        is tried once more on its own (a deadlock's victim, say, succeeds then). Errors are rare; a
         savepoint per call was two more round trips each on PostgreSQL.
         """
         return await self._enqueue(CALL, (fn, args, kwargs))
@@ -138,9 +139,13 @@ def write_together(items: list[tuple[str, tuple]]) -> list:
                 else:  # one outcome per item, or the error that failed them all
                     for place, one in zip(places, outcome if isinstance(outcome, list) else [outcome] * len(places)):
                         outcomes[place] = one
+            # A hook that fails after the commit (a push whose query lost its connection) must not
+            # look like a failed commit, nor keep the other runs' hooks from running: Django logs a
+            # robust hook's failure and goes on. (Its hooks: (savepoint ids, hook, robust).)
+            connection.run_on_commit[:] = [(sids, hook, True) for sids, hook, _ in connection.run_on_commit]
     except DatabaseError as exc:  # the transaction itself failed (its commit, say): nothing is written
         if len(items) == 1:
-            return [exc]
+            return [exc.original if isinstance(exc, _Unusable) else exc]
         logger.info("a flush of %d writes failed as a whole (%s); writing them one by one", len(items), exc)
         return [write_together([item])[0] for item in items]
     return outcomes
@@ -163,6 +168,16 @@ def _calls(items) -> list[tuple[list[int], tuple]]:
     return calls
 
 
+class _Unusable(DatabaseError):
+    """A call left the flush's transaction unusable: an error inside one of its own atomic blocks
+    without a savepoint (or a database error it swallowed). The flush is undone; ``original`` is
+    what its caller hears, once the call has been tried alone."""
+
+    def __init__(self, fn, original: Exception | None):
+        super().__init__(f"{getattr(fn, '__name__', fn)} left the flush's transaction unusable")
+        self.original = original or self
+
+
 def _called(fn, args, kwargs):
     """What ``fn`` returns, or the exception it raised; a database error is raised on, to undo the flush."""
     try:
@@ -171,8 +186,8 @@ def _called(fn, args, kwargs):
         raise
     except Exception as exc:  # what ``fn`` wrote before raising stays, as in autocommit
         outcome = exc
-    if connection.needs_rollback:  # ``fn`` swallowed a database error: the transaction is lost
-        raise DatabaseError(f"{getattr(fn, '__name__', fn)} left the flush's transaction unusable")
+    if connection.needs_rollback:
+        raise _Unusable(fn, outcome if isinstance(outcome, Exception) else None)
     return outcome
 
 

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 
-from runs import services, writer
+from runs import execution, services, writer
 from runs.models import Run, ToolInvocation, Turn
 from tests import factories as f
 
@@ -171,3 +171,63 @@ def test_runs_ending_in_one_flush_admit_and_check_their_batch_once(workspace, mo
     assert checks == [{"batch_id": batch.pk}]
     batch.refresh_from_db()
     assert batch.finished_at is not None
+
+
+def test_a_hook_that_fails_after_the_commit_neither_undoes_the_flush_nor_stops_the_other_hooks(workspace):
+    runs = running_runs(workspace, 2)
+    ran = []
+
+    def finalize_with_a_failing_hook(run_id):
+        transaction.on_commit(lambda: (_ for _ in ()).throw(DatabaseError("the push's query lost its connection")))
+        transaction.on_commit(lambda: ran.append(run_id))
+        return services.run_finalize(run_id=run_id)
+
+    async def together():
+        return await asyncio.gather(*(writer.writer().call(finalize_with_a_failing_hook, run.pk) for run in runs))
+
+    assert async_to_sync(together)() == [True, True]
+    assert sorted(map(str, ran)) == sorted(str(run.pk) for run in runs)
+    assert [Run.objects.get(pk=run.pk).stage for run in runs] == ["finalizing", "finalizing"]
+
+
+def test_an_error_inside_a_calls_own_atomic_block_reaches_its_caller_as_it_was(workspace):
+    broken, fine = running_runs(workspace, 2)
+
+    def finalize_then_fail_inside(run_id):
+        services.run_finalize(run_id=run_id)
+        with transaction.atomic(savepoint=False):
+            raise TypeError("metrics that cannot be stored")
+
+    async def together():
+        return await asyncio.gather(writer.writer().call(finalize_then_fail_inside, broken.pk),
+                                    writer.writer().call(services.run_finalize, run_id=fine.pk),
+                                    return_exceptions=True)
+
+    failed, finalized = async_to_sync(together)()
+
+    assert isinstance(failed, TypeError) and finalized is True
+    assert Run.objects.get(pk=broken.pk).stage == "live"  # its own block undid it, as it would alone
+    assert Run.objects.get(pk=fine.pk).stage == "finalizing"
+
+
+def test_runs_claimed_together_fail_alone_when_one_cannot_be_loaded(workspace, monkeypatch):
+    scenario = f.ScenarioFactory(workspace=workspace)
+    runs = []
+    for _ in range(3):
+        path = f.PathFactory(scenario=scenario)
+        runs.append(f.RunFactory(path=path, snapshot=services.snapshot_of(path), status="running",
+                                 stage="materializing", worker=""))
+    unreadable = str(runs[1].pk)
+    load = execution.load_prepared_many
+
+    def load_unless_unreadable(run_ids):
+        if unreadable in {str(run_id) for run_id in run_ids}:
+            raise ValueError("a secret of this run's target cannot be decrypted")
+        return load(run_ids)
+
+    monkeypatch.setattr(execution, "load_prepared_many", load_unless_unreadable)
+
+    outcomes = execution._claim_and_load([(str(run.pk), "worker:test") for run in runs])
+
+    assert isinstance(outcomes[1], ValueError)
+    assert [outcome.run_id for outcome in (outcomes[0], outcomes[2])] == [str(runs[0].pk), str(runs[2].pk)]
