@@ -81,14 +81,18 @@ def test_a_row_that_breaks_a_constraint_fails_only_its_own_caller(workspace):
     assert Turn.objects.get(run=bad).text == "already there"
 
 
-def test_stage_changes_of_many_conversations_share_a_flush_and_each_caller_hears_of_its_own(workspace):
+def test_stage_changes_of_many_conversations_share_a_flush_and_each_caller_hears_of_its_own(workspace, monkeypatch):
     runs = running_runs(workspace, 3)
     services.run_cancel(run_id=runs[2].pk)  # ended: its change is refused
+    flushes = []
+    write = writer.write_together
+    monkeypatch.setattr(writer, "write_together", lambda items: flushes.append(len(items)) or write(items))
 
     async def together():
         return await asyncio.gather(*(writer.writer().call(services.run_finalize, run_id=run.pk) for run in runs))
 
     assert async_to_sync(together)() == [True, True, False]
+    assert flushes == [3]
     assert [Run.objects.get(pk=run.pk).stage for run in runs] == ["finalizing", "finalizing", "done"]
 
 
@@ -144,7 +148,7 @@ def test_runs_claimed_together_go_to_one_executor_only(workspace):
     runs = [f.RunFactory(path=f.PathFactory(scenario=scenario), status="running", stage="materializing", worker="")
             for _ in range(3)]
     ids = [str(run.pk) for run in runs]
-    services.run_claim(run_id=ids[0], worker="worker:first")
+    services.run_claim_many(run_ids=[ids[0]], worker="worker:first")
 
     assert sorted(services.run_claim_many(run_ids=ids, worker="worker:second")) == sorted(ids[1:])
     assert services.run_claim_many(run_ids=ids, worker="worker:third") == []
