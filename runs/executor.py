@@ -4,7 +4,7 @@ A Celery task hands run ids to this process's ``ConversationHost`` and returns; 
 (in a background thread) materializes each run and lets its channel's driver take it live
 (``runs.execution``). Its ``ConversationHolder`` keeps the runs alive in the database and stops
 the ones a user cancelled. A run is never silently executed twice: an executor must first claim
-it (``run_claim``).
+it (``run_claim_many``).
 """
 
 from __future__ import annotations

@@ -349,16 +349,10 @@ def run_lose(*, run_id, worker: str) -> tuple[bool, Run | None]:
     return run_fail(run_id=run_id, reason=Run.FailureReason.ERROR, detail=f"{detail} Safe to retry."), None
 
 
-def run_claim(*, run_id, worker: str) -> bool:
-    """An executor takes an admitted run; exactly one executor ever gets it."""
-    return Run.objects.filter(pk=run_id, status=S.RUNNING, stage=G.MATERIALIZING, worker="").update(
-        worker=worker, heartbeat_at=timezone.now()
-    ) == 1
-
-
 def run_claim_many(*, run_ids, worker: str) -> list[str]:
-    """``run_claim`` for several runs at once; returns the ids this executor got. The free ones are
-    locked first (a concurrent claimer waits, then finds them taken), then taken with one update."""
+    """An executor takes admitted runs; returns the ids it got. Exactly one executor ever gets a
+    run: the free ones are locked first (a concurrent claimer waits, then finds them taken), then
+    taken with one update."""
     with transaction.atomic(savepoint=False):
         free = [str(pk) for pk in Run.objects.select_for_update().filter(
             pk__in=list(run_ids), status=S.RUNNING, stage=G.MATERIALIZING, worker="").order_by().values_list(

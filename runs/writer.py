@@ -132,13 +132,14 @@ def write_together(items: list[tuple[str, tuple]]) -> list:
             if rows:
                 for (i, _), outcome in zip(rows, save_rows([work for _, work in rows])):
                     outcomes[i] = outcome
-            for places, (fn, args, kwargs) in calls:
+            for places, made_together, (fn, args, kwargs) in calls:
                 outcome = _called(fn, args, kwargs)
-                if items[places[0]][0] == CALL:
+                if not made_together:
                     outcomes[places[0]] = outcome
-                else:  # one outcome per item, or the error that failed them all
-                    for place, one in zip(places, outcome if isinstance(outcome, list) else [outcome] * len(places)):
-                        outcomes[place] = one
+                    continue
+                # One outcome per item, or the error that failed them all.
+                for place, one in zip(places, outcome if isinstance(outcome, list) else [outcome] * len(places)):
+                    outcomes[place] = one
             # A hook that fails after the commit (a push whose query lost its connection) must not
             # look like a failed commit, nor keep the other runs' hooks from running: Django logs a
             # robust hook's failure and goes on. (Its hooks: (savepoint ids, hook, robust).)
@@ -151,20 +152,20 @@ def write_together(items: list[tuple[str, tuple]]) -> list:
     return outcomes
 
 
-def _calls(items) -> list[tuple[list[int], tuple]]:
-    """The calls of a flush as (the items' places, (fn, args, kwargs)); items made together are one
-    call of their ``many``, with all their items."""
+def _calls(items) -> list[tuple[list[int], bool, tuple]]:
+    """The calls of a flush, in order, as (the items' places, made together?, (fn, args, kwargs)):
+    the items made together for one ``many`` are one call of it with all of them, at the first's place."""
     calls, together = [], {}
     for i, (kind, work) in enumerate(items):
         if kind == CALL:
-            calls.append(([i], work))
+            calls.append(([i], False, work))
         elif kind == TOGETHER:
             many, item = work
             if many not in together:
-                together[many] = ([], ([],), {})
-                calls.append((together[many][0], (many, together[many][1], {})))
+                together[many] = places, batch = [], []
+                calls.append((places, True, (many, (batch,), {})))
             together[many][0].append(i)
-            together[many][1][0].append(item)
+            together[many][1].append(item)
     return calls
 
 

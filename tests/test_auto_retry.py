@@ -103,7 +103,7 @@ GONE = "worker:gone:1:abc123"
 def queued_and_claimed(path) -> Run:
     run = services.path_run(path=path)  # admitted right after its commit
     assert Run.objects.get(pk=run.pk).stage == Run.Stage.MATERIALIZING
-    assert services.run_claim(run_id=run.pk, worker=GONE)
+    assert services.run_claim_many(run_ids=[run.pk], worker=GONE)
     return run
 
 
@@ -126,7 +126,7 @@ def test_an_automatic_retry_lost_in_turn_is_not_retried_again(path):
     assert (counts["lost"], counts["retried"]) == (1, 1)
     retry = Run.objects.get(retry_of=original)
     assert retry.auto_retry and retry.status == "running"  # admitted at once: a slot was free
-    assert services.run_claim(run_id=retry.pk, worker=GONE)
+    assert services.run_claim_many(run_ids=[retry.pk], worker=GONE)
     silent(retry.pk)
     counts = services.sweep()
     assert (counts["lost"], counts["retried"]) == (1, 0)
@@ -158,7 +158,7 @@ def test_a_lost_run_is_retried_once_however_often_it_is_reported_lost(path):
 def test_a_lost_run_of_a_batch_is_retried_in_its_batch_and_a_manual_retry_is_not_automatic(path):
     batch, runs = services.scenario_run_all(scenario=path.scenario)
     [run] = runs
-    assert services.run_claim(run_id=run.pk, worker=GONE)
+    assert services.run_claim_many(run_ids=[run.pk], worker=GONE)
     silent(run.pk)
     services.sweep()
     retry = Run.objects.get(retry_of=run)
