@@ -34,6 +34,8 @@ class Outcome:
     expectation_failures: list[str] = field(default_factory=list)
     target_errors: list[str] = field(default_factory=list)
     caller_tokens: dict | None = None  # an LLM caller's {"prompt": n, "completion": n}
+    # The saved (turns, tool invocations), set by runs.execution.converse once all are committed.
+    transcript: tuple[list[dict], list[dict]] | None = None
 
 
 class Clock:

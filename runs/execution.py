@@ -33,7 +33,8 @@ from runs.engine import Clock, Outcome, ScriptedCaller
 from runs.evaluation import evaluate
 from runs.failures import DurationCapReached, PlatformError, RunFailure, TargetUnreachableFailure, ToolSyncPending
 from runs.llm_caller import CallerError, Function, LLMCaller
-from runs.models import CriterionResult, Run, ToolInvocation, Turn
+from runs.inserts import insert_many
+from runs.models import CriterionResult, Run
 from runs.recorder import DbRecorder, capped_text, db
 from runs.writer import writer
 from scenarios.models import CustomFunction, Target, url_origin
@@ -173,7 +174,10 @@ def load_prepared_many(run_ids) -> dict[str, PreparedRun | RunFailure]:
         functions_of[function.agent_id].append(function)
     prepared = {}
     for run in runs:
-        live.remember_groups(run.pk, run.workspace_id, run.scenario_id)  # its stage changes publish without a query
+        # Its stage changes publish, and its end is followed up, without a query.
+        live.remember_groups(run.pk, run.workspace_id, run.scenario_id)
+        services.remember_run(run.pk, workspace_id=run.workspace_id, batch_id=run.batch_id,
+                              channel=(run.snapshot.get("scenario") or {}).get("channel", ""))
         try:
             prepared[str(run.pk)] = _prepared(run, functions_of)
         except RunFailure as failure:
@@ -281,6 +285,7 @@ async def converse(prepared: PreparedRun, connection: TargetConnection, *, http,
         recorder = recorder or DbRecorder(prepared.run_id)
         outcome = await asyncio.wait_for(caller.converse(connection, recorder, Clock()), timeout=cap)
         await recorder.settled()  # the target's last reply, which nothing after it waited for
+        outcome.transcript = recorder.transcript()
         return outcome
     except TargetUnreachable as exc:
         what = "phone number and that it is accepting calls" if prepared.channel == "voice" else (
@@ -300,44 +305,28 @@ async def converse(prepared: PreparedRun, connection: TargetConnection, *, http,
 
 # Finalize --------------------------------------------------------------------------------------
 
-def _transcript(run_id) -> tuple[list[dict], list[dict]]:
-    turns = list(Turn.objects.filter(run_id=run_id).order_by("seq").values(
-        "seq", "speaker", "text", "latency_ms", "started_ms", "is_error"))
-    tools = list(ToolInvocation.objects.filter(run_id=run_id).order_by("seq").values("seq", "name", "arguments"))
-    return turns, tools
+RESULT_FIELDS = ("position", "name", "kind", "outcome", "rationale", "evidence", "judge_prompt", "judge_answer")
 
 
-def _finalize_and_read(run_id) -> tuple[list[dict], list[dict]] | None:
-    """Close the transcript; then what it holds, or None if the run is no longer live."""
-    if not services.run_finalize(run_id=run_id):
-        return None
-    return _transcript(run_id)
-
-
-def _complete(run_id, results, *, verdict: str, metrics: dict) -> None:
-    """Store the criteria's results and complete the run, in one transaction."""
+def _complete(run_id, results, *, verdict: str, metrics: dict) -> bool:
+    """Complete the run and store its criteria's results, in one transaction. Only the change that
+    completes the run stores them, so a run never holds two sets."""
     with transaction.atomic(savepoint=False):
-        _save_results(run_id, results)
-        services.run_complete(run_id=run_id, verdict=verdict, metrics=metrics)
-
-
-def _save_results(run_id, results) -> None:
-    with transaction.atomic(savepoint=False):
-        CriterionResult.objects.filter(run_id=run_id).delete()
-        CriterionResult.objects.bulk_create([
-            CriterionResult(run_id=run_id, position=i, name=r.name, kind=r.kind, outcome=r.outcome,
-                            rationale=r.rationale, evidence=r.evidence,
-                            judge_prompt=capped_text(r.judge_prompt), judge_answer=capped_text(r.judge_answer))
-            for i, r in enumerate(results)
-        ])
+        if not services.run_complete(run_id=run_id, verdict=verdict, metrics=metrics):
+            return False
+        insert_many(CriterionResult, RESULT_FIELDS, [(run_id, {
+            "position": i, "name": r.name, "kind": r.kind, "outcome": r.outcome, "rationale": r.rationale,
+            "evidence": r.evidence, "judge_prompt": capped_text(r.judge_prompt),
+            "judge_answer": capped_text(r.judge_answer)}) for i, r in enumerate(results)])
+    return True
 
 
 async def finalize(prepared: PreparedRun, outcome: Outcome) -> None:
-    """Close the transcript, evaluate the criteria, and complete the run with its verdict."""
-    transcript = await writer().call(_finalize_and_read, prepared.run_id)
-    if transcript is None:
-        return
-    turns, tools = transcript
+    """Close the transcript, evaluate the criteria, and complete the run with its verdict. The
+    transcript evaluated is the one the conversation's recorder saved (``converse``)."""
+    if not await writer().call(services.run_finalize, run_id=prepared.run_id):
+        return  # no longer live: cancelled, or ended by the sweep
+    turns, tools = outcome.transcript
     results, verdict, metrics = await evaluate(
         prepared.criteria, turns=turns, tools=tools, ended_by=outcome.ended_by, duration_ms=outcome.duration_ms,
         expectation_failures=outcome.expectation_failures, scripted=bool(prepared.script), llm=prepared.llm,

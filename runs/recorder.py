@@ -62,6 +62,11 @@ def capped_text(text: str) -> str:
     return text if len(text) <= MAX_TURN_CHARS else text[:MAX_TURN_CHARS] + TRUNCATED_MARKER
 
 
+# What evaluation reads of each saved row (runs.evaluation).
+TRANSCRIPT_TURN_KEYS = ("seq", "speaker", "text", "latency_ms", "started_ms", "is_error")
+TRANSCRIPT_TOOL_KEYS = ("seq", "name", "arguments")
+
+
 class DbRecorder:
     """Persists each turn and tool invocation first, then publishes it to the run's group.
 
@@ -77,6 +82,7 @@ class DbRecorder:
         self.turn_seq = 0
         self.tool_seq = 0
         self._unsettled: collections.deque[asyncio.Future] = collections.deque()
+        self._landed: dict[type, list[dict]] = {Turn: [], ToolInvocation: []}
 
     async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False, wait=True):
         self.turn_seq += 1
@@ -105,15 +111,25 @@ class DbRecorder:
             if self._unsettled and self._unsettled[0] is saving:
                 self._unsettled.popleft()
 
+    def transcript(self) -> tuple[list[dict], list[dict]]:
+        """What this recorder saved, as evaluation reads it: (turns, tool invocations), by sequence.
+
+        The recorder is the only writer of its run's rows, so this is what the database holds
+        for it; finalizing reads it from here instead of querying it back."""
+        turns = [{key: turn[key] for key in TRANSCRIPT_TURN_KEYS} for turn in self._landed[Turn]]
+        tools = [{key: tool[key] for key in TRANSCRIPT_TOOL_KEYS} for tool in self._landed[ToolInvocation]]
+        return sorted(turns, key=lambda t: t["seq"]), sorted(tools, key=lambda t: t["seq"])
+
     def _record(self, model, message_for, row: dict) -> None:
         saving = writer().submit(model, self.run_id, row)
-        saving.add_done_callback(functools.partial(self._saved, message_for, row))
+        saving.add_done_callback(functools.partial(self._saved, model, message_for, row))
         self._unsettled.append(saving)
 
-    def _saved(self, message_for, row: dict, saving: asyncio.Future) -> None:
-        # Only a row that landed is pushed (a cancelled or ended run gains none); an error is
-        # raised to the conversation by ``settled``.
+    def _saved(self, model, message_for, row: dict, saving: asyncio.Future) -> None:
+        # Only a row that landed is kept and pushed (a cancelled or ended run gains none); an
+        # error is raised to the conversation by ``settled``.
         if not saving.cancelled() and saving.exception() is None and saving.result():
+            self._landed[model].append(row)
             self._push(message_for, row)
 
     def _push(self, message_for, row: dict) -> None:

@@ -7,6 +7,7 @@ terminal run (completed, failed, cancelled) never changes again.
 
 from __future__ import annotations
 
+import collections
 import logging
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from django.utils import timezone
 
 from assure.models import Workspace
 from runs import dispatch, notify
+from runs.inserts import insert_many
 from runs.models import TERMINAL_STATUSES, Batch, Run, RunEvent
 from scenarios.models import Path, Scenario
 
@@ -32,10 +34,11 @@ class RunStateError(Exception):
 
 
 def _record(run_id, *, from_status: str, to_status: str, from_stage: str, to_stage: str, at, detail: str = "") -> None:
-    RunEvent.objects.create(
-        run_id=run_id, at=at, from_status=from_status, to_status=to_status,
-        from_stage=from_stage, to_stage=to_stage, detail=detail,
-    )
+    # A plain INSERT: a worker records three of these per run, and the ORM's ``create`` compiled
+    # its statement (and read the new id back) each time.
+    insert_many(RunEvent, ("at", "from_status", "to_status", "from_stage", "to_stage", "detail"), [(run_id, {
+        "at": at, "from_status": from_status, "to_status": to_status, "from_stage": from_stage,
+        "to_stage": to_stage, "detail": detail})])
 
 
 def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: str, to_stage: str,
@@ -67,48 +70,84 @@ def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: 
 
 
 class _Once:
-    """An ``on_commit`` hook that a transaction needs only once, however many changes ask for it."""
+    """An ``on_commit`` hook that a transaction needs only once, however many changes ask for it;
+    ``fn`` is given the items each of them asked about."""
 
     def __init__(self, key: tuple, fn):
         self.key, self.fn = key, fn
+        self.items: list = []
         self.ran = False
 
     def __call__(self):
         self.ran = True
-        self.fn()
+        self.fn(self.items)
 
 
-def _on_commit_once(key: tuple, fn) -> None:
-    """``transaction.on_commit(fn)``, unless a hook of the same key is already due with this commit.
+def _on_commit_once(key: tuple, fn, item=None) -> None:
+    """``transaction.on_commit(fn)``, unless a hook of the same key is already due with this commit;
+    ``item`` (if given) joins the items the hook's ``fn`` is called with.
 
     A worker's flush ends hundreds of runs of one workspace and batch in one transaction; each
-    asked for the same admission and the same "is the batch finished?" check after it. A hook
-    registered in a savepoint that may still be rolled back while this one stands does not count.
-    (Django keeps the hooks as (savepoint ids, hook, robust) in ``connection.run_on_commit``.)
+    asked for the same admission and the same "is the batch finished?" check after it. Only a hook
+    registered at this very savepoint is shared: one of an outer savepoint would keep the item of a
+    change that is rolled back. (Django keeps the hooks as (savepoint ids, hook, robust) in
+    ``connection.run_on_commit``.)
     """
     connection = transaction.get_connection()
     if connection.in_atomic_block:
         current = set(connection.savepoint_ids)
         for savepoints, hook, _robust in connection.run_on_commit:
             # One that already ran (a test's captured hooks run without a commit) does not count.
-            if isinstance(hook, _Once) and hook.key == key and not hook.ran and set(savepoints) <= current:
+            if isinstance(hook, _Once) and hook.key == key and not hook.ran and savepoints == current:
+                if item is not None:
+                    hook.items.append(item)
                 return
-    transaction.on_commit(_Once(key, fn))
+    hook = _Once(key, fn)
+    if item is not None:
+        hook.items.append(item)
+    transaction.on_commit(hook)  # outside a transaction it runs at once: its items are in first
+
+
+# What this process knows of the runs it loaded: their workspace, batch and channel never change,
+# so a run that ends here needs no query to say what follows its end.
+_run_facts: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+RUN_FACTS_LIMIT = 20_000
+
+
+def remember_run(run_id, *, workspace_id, batch_id, channel: str) -> None:
+    _run_facts[str(run_id)] = (workspace_id, batch_id, channel)
+    while len(_run_facts) > RUN_FACTS_LIMIT:
+        _run_facts.popitem(last=False)
 
 
 def _after_terminal(run_id, *, was_running: bool) -> None:
     """A slot freed up: admit the next runs of the workspace; send the completion webhook; a voice
     run that got as far as its call releases it (hang up, free the number) through its driver; the
     last run of a batch to end finishes the batch."""
-    workspace_id, webhook_url, channel, batch_id = Run.objects.filter(pk=run_id).values_list(
-        "workspace_id", "workspace__webhook_url", "snapshot__scenario__channel", "batch_id").first()
+    facts = _run_facts.pop(str(run_id), None) or Run.objects.filter(pk=run_id).values_list(
+        "workspace_id", "batch_id", "snapshot__scenario__channel").first()
+    workspace_id, batch_id, channel = facts
     _admit_after_commit(workspace_id)
     if batch_id is not None:
-        _on_commit_once(("finish batch", batch_id), lambda: _finish_batch_after_commit(batch_id))
-    if webhook_url:
-        transaction.on_commit(lambda: dispatch.notify_run_finished(run_id))
+        _on_commit_once(("finish batch", batch_id), lambda _: _finish_batch_after_commit(batch_id))
+    _on_commit_once(("notify", workspace_id), lambda run_ids: _notify_after_commit(workspace_id, run_ids),
+                    item=run_id)
     if was_running and channel == "voice":
         transaction.on_commit(lambda: dispatch.stop_run(run_id))
+
+
+def _notify_after_commit(workspace_id, run_ids: list) -> None:
+    # One read of the workspace's webhook for all its runs that ended in one commit (a worker's
+    # flush ends dozens), where each run's end read it again.
+    try:
+        webhook = Workspace.objects.filter(pk=workspace_id).exclude(webhook_url="").exists()
+    except Exception:  # the runs' ends are committed; only their webhooks are lost
+        logger.warning("could not read the webhook of workspace %s; %d runs' webhooks are not sent",
+                       workspace_id, len(run_ids), exc_info=True)
+        return
+    if webhook:
+        for run_id in run_ids:
+            dispatch.notify_run_finished(run_id)
 
 
 def _finish_batch_after_commit(batch_id) -> None:
@@ -208,7 +247,7 @@ def _admit_now(workspace_id) -> list:
 
 
 def _admit_after_commit(workspace_id) -> None:
-    _on_commit_once(("admit", workspace_id), lambda: _admit_now(workspace_id))
+    _on_commit_once(("admit", workspace_id), lambda _: _admit_now(workspace_id))
 
 
 @transaction.atomic

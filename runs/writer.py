@@ -21,6 +21,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from runs import recorder  # its module, not its names: the recorder imports this module
+from runs.inserts import insert_many
 from runs.models import Run
 
 logger = logging.getLogger(__name__)
@@ -227,21 +228,5 @@ def _save_together(rows: list[tuple[type, str, dict]]) -> list[bool]:
                 groups[(model, tuple(row))].append((run_id, row))
         now = timezone.now()
         for (model, names), members in groups.items():
-            _insert_many(model, names, members, now)
+            insert_many(model, names, members, now)
     return [run_id in running for _, run_id, _ in rows]
-
-
-def _insert_many(model, names: tuple[str, ...], members: list[tuple[str, dict]], now) -> None:
-    """One ``executemany`` of a plain INSERT: the ORM's ``bulk_create`` spent most of a flush
-    compiling its statement, row by row."""
-    with_created = any(field.name == "created_at" for field in model._meta.concrete_fields)
-    fields = [model._meta.get_field(name) for name in ("run_id", *names, *(("created_at",) if with_created else ()))]
-    quote = connection.ops.quote_name
-    sql = (f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
-           f"VALUES ({', '.join(['%s'] * len(fields))})")
-    params = []
-    for run_id, row in members:
-        values = (run_id, *(row[name] for name in names), *((now,) if with_created else ()))
-        params.append([field.get_db_prep_save(value, connection) for field, value in zip(fields, values)])
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
