@@ -317,3 +317,25 @@ def test_a_reply_that_could_not_be_saved_fails_the_conversation_at_its_next_line
 
     with pytest.raises(IntegrityError):
         async_to_sync(scenario)()
+
+
+def test_the_transcript_a_recorder_hands_to_finalizing_is_what_the_database_holds(running_run):
+    from runs import services
+
+    async def scenario():
+        recorder = DbRecorder(running_run.pk)
+        await recorder.turn(speaker="caller", text="Hello", started_ms=0, ended_ms=0)
+        await recorder.turn(speaker="target", text="x" * (MAX_TURN_CHARS + 5), started_ms=4, ended_ms=9,
+                            latency_ms=4, wait=False)
+        await recorder.tool(name="press_digit", arguments={"digits": "1"}, result=None, at_ms=10)
+        await sync_to_async(services.run_cancel)(run_id=running_run.pk)
+        await recorder.turn(speaker="caller", text="After the cancel", started_ms=12, ended_ms=12)  # never lands
+        return recorder.transcript()
+
+    turns, tools = async_to_sync(scenario)()
+
+    assert turns == list(Turn.objects.filter(run=running_run).order_by("seq").values(
+        "seq", "speaker", "text", "latency_ms", "started_ms", "is_error"))
+    assert [t["text"] for t in turns] == ["Hello", capped_text("x" * (MAX_TURN_CHARS + 5))]
+    assert tools == list(ToolInvocation.objects.filter(run=running_run).values("seq", "name", "arguments"))
+    assert tools == [{"seq": 1, "name": "press_digit", "arguments": {"digits": "1"}}]

@@ -9,8 +9,10 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, connection, transaction
 
-from runs import execution, services, writer
-from runs.models import Run, ToolInvocation, Turn
+from assure.models import Workspace
+from runs import dispatch, execution, services, writer
+from runs.evaluation import Result
+from runs.models import CriterionResult, Run, ToolInvocation, Turn
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the database threads see committed rows only
@@ -156,15 +158,20 @@ def test_runs_claimed_together_go_to_one_executor_only(workspace):
         runs[0].pk: "worker:first", runs[1].pk: "worker:second", runs[2].pk: "worker:second"}
 
 
-def test_runs_ending_in_one_flush_admit_and_check_their_batch_once(workspace, monkeypatch):
+@pytest.mark.parametrize("webhook_url", ["https://hooks.example.com/runs", ""])
+def test_runs_ending_in_one_flush_admit_check_their_batch_and_read_the_webhook_once(workspace, monkeypatch,
+                                                                                     webhook_url):
+    Workspace.objects.filter(pk=workspace.pk).update(webhook_url=webhook_url)
     scenario = f.ScenarioFactory(workspace=workspace)
     batch = f.BatchFactory(workspace=workspace, scenario=scenario)
     runs = [f.RunFactory(path=f.PathFactory(scenario=scenario), batch=batch, status="running", stage="finalizing",
                          worker="worker:test") for _ in range(3)]
-    admissions, checks = [], []
-    admit, finish = services.admit_pending_runs, services.batch_finish
+    admissions, checks, webhook_reads, notified = [], [], [], []
+    admit, finish, notify = services.admit_pending_runs, services.batch_finish, services._notify_after_commit
     monkeypatch.setattr(services, "admit_pending_runs", lambda **kw: admissions.append(kw) or admit(**kw))
     monkeypatch.setattr(services, "batch_finish", lambda **kw: checks.append(kw) or finish(**kw))
+    monkeypatch.setattr(services, "_notify_after_commit", lambda *a: webhook_reads.append(a) or notify(*a))
+    monkeypatch.setattr(dispatch, "notify_run_finished", notified.append)
 
     async def together():
         return await asyncio.gather(*(writer.writer().call(services.run_complete, run_id=run.pk, verdict="passed",
@@ -173,8 +180,29 @@ def test_runs_ending_in_one_flush_admit_and_check_their_batch_once(workspace, mo
     assert async_to_sync(together)() == [True] * 3
     assert admissions == [{"workspace_id": workspace.pk}]
     assert checks == [{"batch_id": batch.pk}]
+    assert len(webhook_reads) == 1
+    assert sorted(map(str, notified)) == (sorted(str(run.pk) for run in runs) if webhook_url else [])
     batch.refresh_from_db()
     assert batch.finished_at is not None
+
+
+def test_only_the_change_that_completes_a_run_stores_its_criteria_results(workspace):
+    finalizing, live = (f.RunFactory(path=f.PathFactory(scenario=f.ScenarioFactory(workspace=workspace)),
+                                     status="running", stage=stage, worker="worker:test")
+                        for stage in ("finalizing", "live"))
+    results = [Result(name="Booked", kind="regex", outcome="passed", rationale="It said so.", evidence=[2]),
+               Result(name="Polite", kind="regex", outcome="failed", rationale="It did not.", evidence=[])]
+
+    def complete(run):
+        return execution._complete(run.pk, results, verdict="failed", metrics={"turns": 2})
+
+    assert complete(finalizing) is True
+    assert complete(finalizing) is False  # completed already: a second set is never stored
+    assert complete(live) is False
+    assert list(CriterionResult.objects.filter(run=finalizing).order_by("position").values_list(
+        "position", "name", "outcome", "evidence")) == [(0, "Booked", "passed", [2]), (1, "Polite", "failed", [])]
+    assert not CriterionResult.objects.filter(run=live).exists()
+    assert Run.objects.get(pk=live.pk).stage == "live"
 
 
 def test_a_hook_that_fails_after_the_commit_neither_undoes_the_flush_nor_stops_the_other_hooks(workspace):
