@@ -26,4 +26,7 @@ def insert_many(model, names: tuple[str, ...], members: list[tuple[str, dict]], 
         values = (run_id, *(row[name] for name in names), *((now,) if with_created else ()))
         params.append([field.get_db_prep_save(value, connection) for field, value in zip(fields, values)])
     with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+        if len(params) == 1:  # psycopg's executemany enters pipeline mode: more work for one row
+            cursor.execute(sql, params[0])
+        else:
+            cursor.executemany(sql, params)
