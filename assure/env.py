@@ -140,7 +140,8 @@ def database_config(url: str | None, *, sqlite_path: str) -> dict:
     """Django DATABASES['default'] for ``DATABASE_URL``, or the embedded SQLite file when unset."""
     if url is None:
         return {
-            "ENGINE": "django.db.backends.sqlite3",
+            # Django's SQLite backend, with writers of every process queued on a file lock.
+            "ENGINE": "assure.sqlite",
             "NAME": sqlite_path,
             "OPTIONS": {
                 # WAL lets the web process read while a worker writes; IMMEDIATE transactions take the
@@ -166,6 +167,7 @@ def database_config(url: str | None, *, sqlite_path: str) -> dict:
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL could not be parsed: {exc}") from None
     if config["ENGINE"].endswith("sqlite3"):
-        config["OPTIONS"] = database_config(None, sqlite_path=config["NAME"])["OPTIONS"]
+        embedded = database_config(None, sqlite_path=config["NAME"])
+        config["ENGINE"], config["OPTIONS"] = embedded["ENGINE"], embedded["OPTIONS"]
         config["CONN_MAX_AGE"] = 0
     return config

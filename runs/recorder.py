@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 # SQLite has one writer at a time, and writers that collide back off by sleeping in its busy
 # handler (tens of milliseconds each); one thread queues them without collisions instead.
 _db_pool = ThreadPoolExecutor(
-    max_workers=1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 8,
+    max_workers=1 if "sqlite" in settings.DATABASES["default"]["ENGINE"] else 8,
     thread_name_prefix="assure-db",
 )
 

@@ -51,7 +51,7 @@ def test_env_url_checks_scheme_and_host():
 
 def test_database_config_embedded_sqlite_is_wal_with_busy_timeout(tmp_path):
     config = database_config(None, sqlite_path=str(tmp_path / "a.sqlite3"))
-    assert config["ENGINE"] == "django.db.backends.sqlite3"
+    assert config["ENGINE"] == "assure.sqlite"
     assert "journal_mode=WAL" in config["OPTIONS"]["init_command"]
     assert config["OPTIONS"]["timeout"] >= 5
     assert config["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
