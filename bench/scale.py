@@ -67,7 +67,7 @@ def serve_witness(port: int) -> None:
     state = {}
 
     def reset():
-        state.update(sent={}, gaps=[], by_exchange={}, open=set(), peak=0, lags=[], first=None, last=None,
+        state.update(sent={}, gaps=[], by_exchange={}, by_second={}, open=set(), peak=0, lags=[], first=None, last=None,
                      messages=0)
 
     reset()
@@ -84,6 +84,8 @@ def serve_witness(port: int) -> None:
             gap = (received - sent[0]) * 1000
             state["gaps"].append(gap)
             state["by_exchange"].setdefault(str(sent[1]), []).append(gap)
+            # When it fell, in whole seconds since the first message: start-up, steady, wind-down.
+            state["by_second"].setdefault(str(int(received - state["first"])), []).append(gap)
         state["open"].add(session)
         state["peak"] = max(state["peak"], len(state["open"]))
         if think:
@@ -242,6 +244,7 @@ def run_batch(witness: Witness, workspace, *, name: str, size: int, kind: str) -
     last_ended = rows.aggregate(at=Max("ended_at"))["at"]
     return {"timeline": timeline(rows, requested), "size": size, "seconds": (last_ended - requested).total_seconds(), "passed": passed,
             "outcomes": outcomes, "problems": problems, "gaps": seen["gaps"], "by_exchange": seen["by_exchange"],
+            "by_second": seen["by_second"],
             "peak": seen["peak"],
             "lag_p99": percentile(seen["lags"], 99) if seen["lags"] else 0.0, "messages": seen["messages"],
             "cpu_ms_per_run": cpu * 1000 / size, "machine_ms_per_run": busy * 1000 / size}
@@ -324,6 +327,9 @@ def part_capacity(witness, workspace, level: int, attempt: int) -> dict:
     print("      gap p50/p99 by exchange: " + ", ".join(
         f"{n}: {statistics.median(gaps):.0f}/{percentile(gaps, 99):.0f} ms"
         for n, gaps in sorted(result["by_exchange"].items(), key=lambda item: int(item[0]))))
+    print("      gap n/p99 by second since the first message: " + ", ".join(
+        f"{n}s: {len(gaps)}/{percentile(gaps, 99):.0f} ms"
+        for n, gaps in sorted(result["by_second"].items(), key=lambda item: int(item[0]))))
     return figures
 
 
