@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from assure import patterns
 from runs.connectors import ConnectorError, Reply, TargetConnection, TargetUnreachable
@@ -34,8 +34,9 @@ class Outcome:
     expectation_failures: list[str] = field(default_factory=list)
     target_errors: list[str] = field(default_factory=list)
     caller_tokens: dict | None = None  # an LLM caller's {"prompt": n, "completion": n}
-    # The saved (turns, tool invocations), set by runs.execution.converse once all are committed.
-    transcript: tuple[list[dict], list[dict]] | None = None
+    # The recorder that saved the conversation (set by runs.execution.converse): finalizing
+    # evaluates what it saved.
+    recorder: Any = None
 
 
 class Clock:

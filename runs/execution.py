@@ -32,10 +32,10 @@ from runs.connectors import ConnectionContext, ConnectorError, TargetConnection,
 from runs.engine import Clock, Outcome, ScriptedCaller
 from runs.evaluation import evaluate
 from runs.failures import DurationCapReached, PlatformError, RunFailure, TargetUnreachableFailure, ToolSyncPending
-from runs.llm_caller import CallerError, Function, LLMCaller
 from runs.inserts import insert_many
-from runs.models import CriterionResult, Run
-from runs.recorder import DbRecorder, capped_text, db
+from runs.llm_caller import CallerError, Function, LLMCaller
+from runs.models import CriterionResult, Run, ToolInvocation, Turn
+from runs.recorder import TRANSCRIPT_TOOL_KEYS, TRANSCRIPT_TURN_KEYS, DbRecorder, capped_text, db
 from runs.writer import writer
 from scenarios.models import CustomFunction, Target, url_origin
 
@@ -285,7 +285,7 @@ async def converse(prepared: PreparedRun, connection: TargetConnection, *, http,
         recorder = recorder or DbRecorder(prepared.run_id)
         outcome = await asyncio.wait_for(caller.converse(connection, recorder, Clock()), timeout=cap)
         await recorder.settled()  # the target's last reply, which nothing after it waited for
-        outcome.transcript = recorder.transcript()
+        outcome.recorder = recorder
         return outcome
     except TargetUnreachable as exc:
         what = "phone number and that it is accepting calls" if prepared.channel == "voice" else (
@@ -321,12 +321,23 @@ def _complete(run_id, results, *, verdict: str, metrics: dict) -> bool:
     return True
 
 
+def _transcript(run_id) -> tuple[list[dict], list[dict]]:
+    turns = list(Turn.objects.filter(run_id=run_id).order_by("seq").values(*TRANSCRIPT_TURN_KEYS))
+    tools = list(ToolInvocation.objects.filter(run_id=run_id).order_by("seq").values(*TRANSCRIPT_TOOL_KEYS))
+    return turns, tools
+
+
 async def finalize(prepared: PreparedRun, outcome: Outcome) -> None:
     """Close the transcript, evaluate the criteria, and complete the run with its verdict. The
     transcript evaluated is the one the conversation's recorder saved (``converse``)."""
     if not await writer().call(services.run_finalize, run_id=prepared.run_id):
         return  # no longer live: cancelled, or ended by the sweep
-    turns, tools = outcome.transcript
+    # Rows recorded after the conversation (a call's interruption heard while hanging up) have
+    # landed or been refused once this returns: no row lands once the run is finalizing.
+    recorder = outcome.recorder
+    await recorder.drained()
+    transcript = recorder.transcript()
+    turns, tools = transcript if transcript is not None else await db(_transcript, prepared.run_id)
     results, verdict, metrics = await evaluate(
         prepared.criteria, turns=turns, tools=tools, ended_by=outcome.ended_by, duration_ms=outcome.duration_ms,
         expectation_failures=outcome.expectation_failures, scripted=bool(prepared.script), llm=prepared.llm,

@@ -9,14 +9,16 @@ model's fields once per call and hand the rows to one ``executemany``.
 from __future__ import annotations
 
 from django.db import connection
+from django.utils import timezone
 
 
 def insert_many(model, names: tuple[str, ...], members: list[tuple[str, dict]], now=None) -> None:
     """Insert one row of ``model`` per ``(run id, {name: value})`` of ``members``, each with the
-    fields ``names`` (and ``created_at`` = ``now``, if the model has one)."""
+    fields ``names`` (and ``created_at`` = ``now``, by default the present, if the model has one)."""
     if not members:
         return
     with_created = any(field.name == "created_at" for field in model._meta.concrete_fields)
+    now = now or timezone.now()
     fields = [model._meta.get_field(name) for name in ("run_id", *names, *(("created_at",) if with_created else ()))]
     quote = connection.ops.quote_name
     sql = (f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "

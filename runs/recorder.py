@@ -65,6 +65,10 @@ def capped_text(text: str) -> str:
 # What evaluation reads of each saved row (runs.evaluation).
 TRANSCRIPT_TURN_KEYS = ("seq", "speaker", "text", "latency_ms", "started_ms", "is_error")
 TRANSCRIPT_TOOL_KEYS = ("seq", "name", "arguments")
+# A recorder keeps what it saved for finalizing to evaluate, up to about this many characters; a
+# longer transcript (a target that answers with pages) is read back from the database instead, so
+# hundreds of conversations on one loop never hold more than this each.
+TRANSCRIPT_MEMORY_CHARS = 200_000
 
 
 class DbRecorder:
@@ -82,7 +86,8 @@ class DbRecorder:
         self.turn_seq = 0
         self.tool_seq = 0
         self._unsettled: collections.deque[asyncio.Future] = collections.deque()
-        self._landed: dict[type, list[dict]] = {Turn: [], ToolInvocation: []}
+        self._landed: dict[type, list[dict]] | None = {Turn: [], ToolInvocation: []}
+        self._landed_chars = 0
 
     async def turn(self, *, speaker, text, started_ms, ended_ms, latency_ms=None, is_error=False, wait=True):
         self.turn_seq += 1
@@ -111,11 +116,19 @@ class DbRecorder:
             if self._unsettled and self._unsettled[0] is saving:
                 self._unsettled.popleft()
 
-    def transcript(self) -> tuple[list[dict], list[dict]]:
-        """What this recorder saved, as evaluation reads it: (turns, tool invocations), by sequence.
+    async def drained(self) -> None:
+        """Wait until every row recorded so far is committed or refused, whatever became of it."""
+        if self._unsettled:
+            await asyncio.shield(asyncio.gather(*self._unsettled, return_exceptions=True))
 
-        The recorder is the only writer of its run's rows, so this is what the database holds
-        for it; finalizing reads it from here instead of querying it back."""
+    def transcript(self) -> tuple[list[dict], list[dict]] | None:
+        """What this recorder saved, as evaluation reads it: (turns, tool invocations), by sequence;
+        None if it grew past ``TRANSCRIPT_MEMORY_CHARS`` (read it from the database then).
+
+        The recorder is the only writer of its run's rows, and a row lands only while the run is
+        live: once the run is finalizing and ``drained``, this is what the database holds for it."""
+        if self._landed is None:
+            return None
         turns = [{key: turn[key] for key in TRANSCRIPT_TURN_KEYS} for turn in self._landed[Turn]]
         tools = [{key: tool[key] for key in TRANSCRIPT_TOOL_KEYS} for tool in self._landed[ToolInvocation]]
         return sorted(turns, key=lambda t: t["seq"]), sorted(tools, key=lambda t: t["seq"])
@@ -129,8 +142,17 @@ class DbRecorder:
         # Only a row that landed is kept and pushed (a cancelled or ended run gains none); an
         # error is raised to the conversation by ``settled``.
         if not saving.cancelled() and saving.exception() is None and saving.result():
-            self._landed[model].append(row)
+            self._keep(model, row)
             self._push(message_for, row)
+
+    def _keep(self, model, row: dict) -> None:
+        if self._landed is None:
+            return
+        self._landed_chars += len(row["text"]) if model is Turn else len(repr(row["arguments"]))
+        if self._landed_chars > TRANSCRIPT_MEMORY_CHARS:
+            self._landed = None
+        else:
+            self._landed[model].append(row)
 
     def _push(self, message_for, row: dict) -> None:
         """Publish a saved row, after the run's earlier pushes, without waiting for it.

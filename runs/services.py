@@ -95,10 +95,11 @@ def _on_commit_once(key: tuple, fn, item=None) -> None:
     """
     connection = transaction.get_connection()
     if connection.in_atomic_block:
-        current = set(connection.savepoint_ids)
+        # An atomic block without a savepoint (None here) is undone only with the one around it.
+        current = set(connection.savepoint_ids) - {None}
         for savepoints, hook, _robust in connection.run_on_commit:
             # One that already ran (a test's captured hooks run without a commit) does not count.
-            if isinstance(hook, _Once) and hook.key == key and not hook.ran and savepoints == current:
+            if isinstance(hook, _Once) and hook.key == key and not hook.ran and savepoints - {None} == current:
                 if item is not None:
                     hook.items.append(item)
                 return
@@ -141,10 +142,9 @@ def _notify_after_commit(workspace_id, run_ids: list) -> None:
     # flush ends dozens), where each run's end read it again.
     try:
         webhook = Workspace.objects.filter(pk=workspace_id).exclude(webhook_url="").exists()
-    except Exception:  # the runs' ends are committed; only their webhooks are lost
-        logger.warning("could not read the webhook of workspace %s; %d runs' webhooks are not sent",
-                       workspace_id, len(run_ids), exc_info=True)
-        return
+    except Exception:  # ask the tasks anyway: each reads the webhook again before it sends
+        logger.warning("could not read the webhook of workspace %s", workspace_id, exc_info=True)
+        webhook = True
     if webhook:
         for run_id in run_ids:
             dispatch.notify_run_finished(run_id)

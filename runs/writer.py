@@ -194,8 +194,8 @@ def _called(fn, args, kwargs):
 
 
 def save_rows(rows: list[tuple[type, str, dict]]) -> list[bool | Exception]:
-    """Save each ``(model, run id, row)`` whose run is still running; for each, whether it was saved
-    (a cancelled or ended run never gains a row), or the error that kept it out.
+    """Save each ``(model, run id, row)`` whose run is still live; for each, whether it was saved
+    (a cancelled, ended or finalizing run never gains a row), or the error that kept it out.
 
     All in one transaction. Should it fail as a whole (a row breaking a constraint), each row is
     tried in a transaction of its own, so only that row's conversation sees the error. Inside a
@@ -222,10 +222,12 @@ def save_rows(rows: list[tuple[type, str, dict]]) -> list[bool | Exception]:
 
 def _save_together(rows: list[tuple[type, str, dict]]) -> list[bool]:
     """The runs' status is read inside the transaction that inserts, so a row lands only for a run
-    that was running when its flush began."""
+    that was live when its flush began: not once it ended, nor once it began to finalize (what
+    finalizing evaluates is then complete)."""
     with transaction.atomic(savepoint=False):
         running = {str(pk) for pk in Run.objects.filter(
-            pk__in={run_id for _, run_id, _ in rows}, status=Run.Status.RUNNING).values_list("pk", flat=True)}
+            pk__in={run_id for _, run_id, _ in rows}, status=Run.Status.RUNNING, stage=Run.Stage.LIVE,
+        ).values_list("pk", flat=True)}
         groups = defaultdict(list)
         for model, run_id, row in rows:
             if run_id in running:

@@ -339,3 +339,53 @@ def test_the_transcript_a_recorder_hands_to_finalizing_is_what_the_database_hold
     assert [t["text"] for t in turns] == ["Hello", capped_text("x" * (MAX_TURN_CHARS + 5))]
     assert tools == list(ToolInvocation.objects.filter(run=running_run).values("seq", "name", "arguments"))
     assert tools == [{"seq": 1, "name": "press_digit", "arguments": {"digits": "1"}}]
+
+
+@pytest.mark.parametrize("memory_chars", [200_000, 10])  # kept by the recorder, or read back
+def test_finalizing_evaluates_every_row_the_database_holds_and_no_row_lands_after_it(running_run, monkeypatch,
+                                                                                      memory_chars):
+    from runs import execution, recorder as recorder_module, services
+    from runs.engine import Outcome
+
+    monkeypatch.setattr(recorder_module, "TRANSCRIPT_MEMORY_CHARS", memory_chars)
+    snapshot = services.snapshot_of(running_run.path)
+    snapshot["scenario"]["criteria"], snapshot["path"]["criteria"] = [], [
+        {"name": "Interrupted", "kind": "tool_called", "tool": "interrupted"}]
+    prepared = execution.PreparedRun(run_id=str(running_run.pk), snapshot=snapshot, persona="", llm={})
+
+    async def scenario():
+        recorder = DbRecorder(running_run.pk)
+        await recorder.turn(speaker="caller", text="Hello", started_ms=0, ended_ms=0)
+        await recorder.turn(speaker="target", text="Hi, how can I help?", started_ms=3, ended_ms=3, latency_ms=3,
+                            wait=False)
+        # A call's interruption, heard as the call hangs up: recorded in the background while the
+        # run finalizes. It lands before finalizing begins, or never; either way it is evaluated iff saved.
+        late = asyncio.ensure_future(recorder.tool(name="interrupted", arguments={"utterance_until_interrupt": ""},
+                                                   result=None, at_ms=5))
+        await execution.finalize(prepared, Outcome(ended_by="caller", recorder=recorder))
+        await asyncio.gather(late, return_exceptions=True)
+        after = await recorder_module.writer().save(Turn, running_run.pk, {
+            "seq": 9, "speaker": "caller", "text": "After finalizing began", "started_ms": 9, "ended_ms": 9,
+            "latency_ms": None, "is_error": False})
+        return after
+
+    assert async_to_sync(scenario)() is False
+    running_run.refresh_from_db()
+    assert (running_run.status, running_run.stage) == ("completed", "done")
+    assert running_run.metrics["turns"] == Turn.objects.filter(run=running_run).count() == 2
+    interrupted_saved = ToolInvocation.objects.filter(run=running_run, name="interrupted").exists()
+    assert running_run.criteria_results.get(name="Interrupted").outcome == ("passed" if interrupted_saved else "failed")
+
+
+def test_a_run_that_began_to_finalize_gains_no_row(running_run):
+    from runs import services
+
+    services.run_finalize(run_id=running_run.pk)
+
+    async def scenario():
+        recorder = DbRecorder(running_run.pk)
+        await recorder.turn(speaker="target", text="Too late", started_ms=0, ended_ms=0)
+        return recorder.transcript()
+
+    assert async_to_sync(scenario)() == ([], [])
+    assert not Turn.objects.filter(run=running_run).exists()

@@ -119,3 +119,14 @@ def test_a_writer_that_cannot_get_the_lock_in_time_fails_as_sqlite_would(connect
         thread.start()
         thread.join(30)
     assert failed and "locked" in failed[0]
+
+
+def test_a_write_outside_a_transaction_takes_its_turn_and_a_read_needs_none(connections):
+    one, _ = connections
+    lock = f"{one.settings_dict['NAME']}-writelock"
+    one.cursor().execute("CREATE TABLE t (x int)")
+    one.connection.create_function("lock_free", 0, lambda: int(lock_is_free(lock)))  # seen from inside a statement
+
+    one.cursor().execute("INSERT INTO t VALUES (lock_free())")  # autocommit: one statement's turn
+    assert one.cursor().execute("SELECT x, lock_free() FROM t").fetchall() == [(0, 1)]
+    assert lock_is_free(lock)

@@ -174,7 +174,8 @@ def test_runs_ending_in_one_flush_admit_check_their_batch_and_read_the_webhook_o
     monkeypatch.setattr(dispatch, "notify_run_finished", notified.append)
 
     async def together():
-        return await asyncio.gather(*(writer.writer().call(services.run_complete, run_id=run.pk, verdict="passed",
+        # As a worker completes them: each with its results, in an atomic block of its own.
+        return await asyncio.gather(*(writer.writer().call(execution._complete, run.pk, [], verdict="passed",
                                                            metrics={}) for run in runs))
 
     assert async_to_sync(together)() == [True] * 3
