@@ -17,7 +17,7 @@ from django.db import connection
 
 from assure.models import Workspace
 from runs import services
-from runs.models import Run, Turn
+from runs.models import CriterionResult, Run, Turn
 from scenarios.demo import demo_seed
 from scenarios.models import Path as ScenarioPath
 from tests import factories as f
@@ -128,6 +128,21 @@ def test_a_running_run_shows_turns_as_they_happen(page, demo):
         assert page.locator("#run-summary .verdict-passed, #run-summary .verdict-failed").count() >= 1
     finally:
         bot.close()
+
+
+def test_a_finished_runs_page_fits_a_1280_pixel_window(page, demo):
+    run = f.RunFactory(path=f.PathFactory(scenario=f.ScenarioFactory(workspace=demo)), status="completed",
+                       stage="done", verdict="passed")
+    for i, (name, kind, why) in enumerate([
+            ("Script expectations", "script", "Every expect step of the script matched the target's reply."),
+            ("Greets the caller", "regex", "The target matched /(?i)brightsmile|bright smile dental clinic/ in turn 2."),
+            ("Short call", "max_duration_ms", "The conversation lasted 18279 ms (limit 120000 ms).")]):
+        CriterionResult.objects.create(run=run, position=i, name=name, kind=kind, outcome="passed", rationale=why,
+                                       evidence=[2])
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"/runs/{run.pk}/")
+    page.wait_for_selector("#run-summary .criteria")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
 
 
 def test_a_dropped_websocket_reconnects_and_fetches_what_it_missed(page, demo):
