@@ -358,6 +358,7 @@ def test_finalizing_evaluates_every_row_the_database_holds_and_no_row_lands_afte
         await recorder.turn(speaker="caller", text="Hello", started_ms=0, ended_ms=0)
         await recorder.turn(speaker="target", text="Hi, how can I help?", started_ms=3, ended_ms=3, latency_ms=3,
                             wait=False)
+        await recorder.settled()  # as converse does before it returns
         # A call's interruption, heard as the call hangs up: recorded in the background while the
         # run finalizes. It lands before finalizing begins, or never; either way it is evaluated iff saved.
         late = asyncio.ensure_future(recorder.tool(name="interrupted", arguments={"utterance_until_interrupt": ""},
