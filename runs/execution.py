@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from runs import live, services
+from runs import known, services
 from runs.connectors import ConnectionContext, ConnectorError, TargetConnection, TargetUnreachable, connection_for
 from runs.engine import Clock, Outcome, ScriptedCaller
 from runs.evaluation import evaluate
@@ -174,10 +174,7 @@ def load_prepared_many(run_ids) -> dict[str, PreparedRun | RunFailure]:
         functions_of[function.agent_id].append(function)
     prepared = {}
     for run in runs:
-        # Its stage changes publish, and its end is followed up, without a query.
-        live.remember_groups(run.pk, run.workspace_id, run.scenario_id)
-        services.remember_run(run.pk, workspace_id=run.workspace_id, batch_id=run.batch_id,
-                              channel=(run.snapshot.get("scenario") or {}).get("channel", ""))
+        known.remember(run)  # its stage changes publish, and its end is followed up, without a query
         try:
             prepared[str(run.pk)] = _prepared(run, functions_of)
         except RunFailure as failure:

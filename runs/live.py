@@ -22,37 +22,14 @@ from channels_redis.core import RedisChannelLayer
 from django.template.loader import render_to_string
 
 from assure.doorbell import ring  # noqa: F401  (re-exported: runs code rings through here)
+from runs.known import known
 
 logger = logging.getLogger(__name__)
 
 
-# A run's groups never change (its workspace and scenario are set when it is queued), and a run
-# changes stage several times: remembered, they cost one query per run, not one per transition.
-_known_groups: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
-KNOWN_GROUPS_LIMIT = 20_000
-
-
 def run_groups(run_ids) -> dict[str, list[str]]:
-    """{run id: the groups of the pages that show it}, in at most one query."""
-    from runs.models import Run
-
-    wanted = [str(run_id) for run_id in run_ids]
-    groups = {run_id: _known_groups[run_id] for run_id in wanted if run_id in _known_groups}
-    missing = [run_id for run_id in wanted if run_id not in groups]
-    if missing:
-        rows = Run.objects.filter(pk__in=missing).order_by().values_list("pk", "workspace_id", "scenario_id")
-        for run_id, workspace_id, scenario_id in rows:
-            groups[str(run_id)] = remember_groups(run_id, workspace_id, scenario_id)
-    return groups
-
-
-def remember_groups(run_id, workspace_id, scenario_id) -> list[str]:
-    """Note a run's groups, read along with something else (a worker loading the runs it claimed)."""
-    groups = _known_groups[str(run_id)] = [f"run-{run_id}", f"workspace-{workspace_id}"] + (
-        [f"scenario-{scenario_id}"] if scenario_id else [])
-    while len(_known_groups) > KNOWN_GROUPS_LIMIT:
-        _known_groups.popitem(last=False)
-    return groups
+    """{run id: the groups of the pages that show it}, in at most one query (``runs.known``)."""
+    return {run_id: facts.groups(run_id) for run_id, facts in known(run_ids).items()}
 
 
 # A process with a long-lived event loop (a worker's conversation host, daphne) publishes from it:

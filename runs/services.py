@@ -7,7 +7,6 @@ terminal run (completed, failed, cancelled) never changes again.
 
 from __future__ import annotations
 
-import collections
 import logging
 from datetime import timedelta
 
@@ -20,6 +19,7 @@ from django.utils import timezone
 from assure.models import Workspace
 from runs import dispatch, notify
 from runs.inserts import insert_many
+from runs.known import known
 from runs.models import TERMINAL_STATUSES, Batch, Run, RunEvent
 from scenarios.models import Path, Scenario
 
@@ -109,25 +109,12 @@ def _on_commit_once(key: tuple, fn, item=None) -> None:
     transaction.on_commit(hook)  # outside a transaction it runs at once: its items are in first
 
 
-# What this process knows of the runs it loaded: their workspace, batch and channel never change,
-# so a run that ends here needs no query to say what follows its end.
-_run_facts: collections.OrderedDict[str, tuple] = collections.OrderedDict()
-RUN_FACTS_LIMIT = 20_000
-
-
-def remember_run(run_id, *, workspace_id, batch_id, channel: str) -> None:
-    _run_facts[str(run_id)] = (workspace_id, batch_id, channel)
-    while len(_run_facts) > RUN_FACTS_LIMIT:
-        _run_facts.popitem(last=False)
-
-
 def _after_terminal(run_id, *, was_running: bool) -> None:
     """A slot freed up: admit the next runs of the workspace; send the completion webhook; a voice
     run that got as far as its call releases it (hang up, free the number) through its driver; the
     last run of a batch to end finishes the batch."""
-    facts = _run_facts.pop(str(run_id), None) or Run.objects.filter(pk=run_id).values_list(
-        "workspace_id", "batch_id", "snapshot__scenario__channel").first()
-    workspace_id, batch_id, channel = facts
+    facts = known([run_id])[str(run_id)]  # remembered by the worker that loaded the run
+    workspace_id, batch_id, channel = facts.workspace_id, facts.batch_id, facts.channel
     _admit_after_commit(workspace_id)
     if batch_id is not None:
         _on_commit_once(("finish batch", batch_id), lambda _: _finish_batch_after_commit(batch_id))

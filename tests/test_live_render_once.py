@@ -19,7 +19,7 @@ from django.template.loader import render_to_string
 from django.test.signals import template_rendered
 from django.utils import timezone
 
-from runs import live
+from runs import known, live
 from runs.models import ToolInvocation, Turn
 from runs.recorder import MAX_TURN_CHARS, DbRecorder, capped_text
 from runs.routing import websocket_urlpatterns
@@ -260,7 +260,7 @@ def test_the_run_page_shows_a_pushed_turn_and_its_latency(workspace, running_run
 
 
 def test_a_runs_groups_are_read_once_for_all_its_state_changes(running_run, queries):
-    live._known_groups.clear()
+    known._known.clear()
     first = live.run_groups([running_run.pk])
     read = len(queries)
     again = live.run_groups([running_run.pk, str(running_run.pk)])
