@@ -57,7 +57,7 @@ class TranscriptWriter:
         self.calls = _Lane(limit=MAX_CALLS_PER_FLUSH)
 
     async def save(self, model, run_id, row: dict) -> bool:
-        """Insert ``row`` for ``run_id`` unless the run has ended; True when it was saved."""
+        """Insert ``row`` for ``run_id`` while the run is live; True when it was saved."""
         return await self.submit(model, run_id, row)
 
     def submit(self, model, run_id, row: dict) -> asyncio.Future:
