@@ -32,8 +32,12 @@ ROW, CALL, TOGETHER = "row", "call", "together"
 
 
 # A flush of stage changes costs a few statements per run: hundreds at once (a batch ending) took
-# PostgreSQL half a second. Bounded, the changes after them wait one more flush instead.
-MAX_CALLS_PER_FLUSH = 64
+# PostgreSQL half a second. Bounded, the changes after them wait one more flush instead. The bound
+# is also how many conversations start at the same instant (their runs went live in one flush):
+# their first lines reach the target together, its replies come back together, and the last of
+# them waits for all the others' turns to be handled. With 64, a batch of 500 against a target that
+# answers in a steady second kept those clumps to the end (bench/README.md, "Scale (chat)").
+MAX_CALLS_PER_FLUSH = 32
 
 
 class _Lane:
