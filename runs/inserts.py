@@ -1,9 +1,11 @@
-"""Plain INSERTs of a run's child rows for the run engine's hot paths.
+"""Plain INSERTs of a run's child rows, and plain conditional UPDATEs of one row, for the run
+engine's hot paths.
 
-The ORM's ``create`` and ``bulk_create`` compile their statement each time (and ``create`` asks
-for the new id back): on a worker that writes thousands of rows and events a second, compiling
-was a larger share of its CPU than the database's own work. These build the statement from the
-model's fields once per call and hand the rows to one ``executemany``.
+The ORM's ``create``, ``bulk_create`` and ``update`` compile their statement each time (and
+``create`` asks for the new id back): on a worker that writes thousands of rows and events a
+second, compiling was a larger share of its CPU than the database's own work. These build the
+statement from the model's fields once per call and hand the rows to one ``execute`` or
+``executemany``.
 """
 
 from __future__ import annotations
@@ -35,3 +37,24 @@ def insert_many(model, names: tuple[str, ...], members: list[tuple[str, dict]], 
             cursor.execute(sql, params[0])
         else:
             cursor.executemany(sql, params)
+
+
+def update_where(model, where: dict, values: dict) -> int:
+    """``model.objects.filter(**where).update(**values)`` for plain field values and equality
+    lookups (``pk`` included); returns how many rows changed."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    quote = connection.ops.quote_name
+    meta = model._meta
+
+    def field(name):
+        return meta.pk if name == "pk" else meta.get_field(name)
+
+    sets = [(field(name), value) for name, value in values.items()]
+    conditions = [(field(name), value) for name, value in where.items()]
+    sql = (f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f, _ in sets)} "
+           f"WHERE {' AND '.join(f'{quote(f.column)} = %s' for f, _ in conditions)}")
+    params = [f.get_db_prep_save(value, connection) for f, value in sets]
+    params += [f.get_db_prep_value(value, connection) for f, value in conditions]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount

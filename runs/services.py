@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from assure.models import Workspace
 from runs import dispatch, notify
-from runs.inserts import insert_many
+from runs.inserts import insert_many, update_where
 from runs.known import known
 from runs.models import TERMINAL_STATUSES, Batch, Run, RunEvent
 from scenarios.models import Path, Scenario
@@ -56,7 +56,7 @@ def _transition(run_id, *, from_status: str, from_stage: str | None, to_status: 
             if current is None:
                 return False
             lookup["stage"] = current
-        changed = Run.objects.filter(**lookup).update(status=to_status, stage=to_stage, **fields)
+        changed = update_where(Run, lookup, {"status": to_status, "stage": to_stage, **fields})
         if changed != 1:
             return False
         _record(run_id, from_status=from_status, to_status=to_status, from_stage=lookup["stage"],
