@@ -14,6 +14,9 @@ from runs.connectors import (
 )
 
 
+TURN_TIMEOUT = aiohttp.ClientTimeout(total=TURN_TIMEOUT_SECONDS)
+
+
 class HttpJsonConnection(TargetConnection):
     end_path: str | None = None  # JSONPath of a boolean "conversation over" flag, where a target has one
 
@@ -24,6 +27,7 @@ class HttpJsonConnection(TargetConnection):
         # keeps its conversation in a cookie gets it back from this jar, which lives and dies with
         # the run. ``unsafe``: bots are often reached by IP address.
         self.cookies = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
+        self.parsed_url = yarl.URL(self.url)  # parsed once, not on every message
 
     @property
     def url(self) -> str:
@@ -37,9 +41,11 @@ class HttpJsonConnection(TargetConnection):
             # ``total`` bounds the whole exchange, body included: a slow-drip reply cannot hold the
             # conversation past it.
             async with self.context.http.post(
-                self.url, json=body, headers=self.context.secrets, allow_redirects=False,
-                cookies=self.cookies.filter_cookies(yarl.URL(self.url)),
-                timeout=aiohttp.ClientTimeout(total=TURN_TIMEOUT_SECONDS),
+                self.parsed_url, json=body, headers=self.context.secrets, allow_redirects=False,
+                # Only a jar that holds cookies is filtered: aiohttp builds a cookie jar of its own
+                # for every request given cookies, empty or not.
+                cookies=self.cookies.filter_cookies(self.parsed_url) if len(self.cookies) else None,
+                timeout=TURN_TIMEOUT,
             ) as response:
                 self.cookies.update_cookies(response.cookies, response.url)
                 status = response.status
