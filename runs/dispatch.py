@@ -20,6 +20,11 @@ def execute_runs(run_ids: list[str]) -> None:
     publish_run_changed(*run_ids)
 
 
+def offer_runs(run_ids: list[str]) -> None:
+    """Runs a full worker process could not take, for another process (``tasks.execute_runs``)."""
+    ring(tasks.execute_runs, list(run_ids), True)
+
+
 def admit_runs(workspace_id) -> None:
     ring(tasks.admit_runs, str(workspace_id))
 

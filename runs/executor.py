@@ -59,7 +59,7 @@ class ConversationHost:
         self.room = asyncio.Event()  # set when a conversation ends and the cap has room again
         publish_from_loop(self.loop)
 
-    def hand_over(self, run_ids: list[str], *, wait: float) -> None:
+    def hand_over(self, run_ids: list[str], *, wait: float, offer_rest=None) -> None:
         """Take ``run_ids``, from a Celery task of this process; returns once this process's loop
         has taken them, having waited up to ``wait`` seconds for room under the cap.
 
@@ -67,9 +67,31 @@ class ConversationHost:
         process with room (it sends tasks to idle ones only), and runs no process has room for stay
         in the broker. A process whose loop is busy also takes longer to answer, which spreads a
         batch by load. Past ``wait`` the rest wait in this process, unclaimed, as before.
+
+        The runs that do not fit now are first given to ``offer_rest`` (which queues them again
+        for another process) while this task still holds its pool process, so the copy goes to
+        another process: one with room takes them at once, instead of their waiting here while
+        it has room. Whoever takes a run first claims it; the other finds it taken.
         """
-        done = asyncio.run_coroutine_threadsafe(self._take_when_room(run_ids, wait), self.loop)
+        rest = asyncio.run_coroutine_threadsafe(self._take_now(run_ids), self.loop).result()
+        if not rest:
+            return
+        if offer_rest is not None:
+            offer_rest(rest)
+        done = asyncio.run_coroutine_threadsafe(self._take_when_room(rest, wait), self.loop)
         done.result()
+
+    async def _take_now(self, run_ids: list[str]) -> list[str]:
+        """Take what fits under the cap now; returns the rest, in order."""
+        rest = []
+        for run_id in run_ids:
+            if run_id in self.holder.tasks or run_id in self.waiting:
+                continue
+            if self._full():
+                rest.append(run_id)
+            else:
+                self._take(run_id)
+        return rest
 
     async def _take_when_room(self, run_ids: list[str], wait: float) -> None:
         deadline = self.loop.time() + wait

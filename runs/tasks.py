@@ -39,13 +39,17 @@ def notify_run_finished(self, run_id: str) -> None:
 
 
 @shared_task(ignore_result=True)
-def execute_runs(run_ids: list[str]) -> None:
-    """Hand several admitted runs to this process's conversation loop at once."""
+def execute_runs(run_ids: list[str], offered: bool = False) -> None:
+    """Hand several admitted runs to this process's conversation loop at once. Those a full process
+    cannot take are offered once more to the others (``offered``): a copy is never offered again,
+    so runs no process has room for cannot go round the processes."""
     # Imported here, not above: every process that queues a task imports this module (web, daphne),
     # and only a worker needs the conversation loop and its connectors.
+    from runs import dispatch
     from runs.executor import get_host
 
-    get_host().hand_over(run_ids, wait=settings.WORKER_HANDOVER_WAIT_SECONDS)
+    get_host().hand_over(run_ids, wait=settings.WORKER_HANDOVER_WAIT_SECONDS,
+                         offer_rest=None if offered else dispatch.offer_runs)
 
 
 @shared_task(ignore_result=True)
