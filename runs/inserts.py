@@ -1,5 +1,5 @@
-"""Plain INSERTs of a run's child rows, and plain conditional UPDATEs of one row, for the run
-engine's hot paths.
+"""Plain INSERTs of a run's child rows, plain conditional UPDATEs, and the plain SELECT of which
+runs match, for the run engine's hot paths.
 
 The ORM's ``create``, ``bulk_create`` and ``update`` compile their statement each time (and
 ``create`` asks for the new id back): on a worker that writes thousands of rows and events a
@@ -42,9 +42,9 @@ def insert_many(model, names: tuple[str, ...], members: list[tuple[str, dict]], 
 
 
 # Fields whose preparation leaves a value of their own Python type as it is, on every backend we
-# run on (Django's adapt_* of these are the identity for SQLite and PostgreSQL).
-_PLAIN_FIELDS = (models.CharField, models.TextField, models.IntegerField, models.BooleanField)
-_PLAIN_TYPES = {str: models.CharField, int: models.IntegerField, bool: models.BooleanField}
+# run on (Django's adapt_* of these are the identity for SQLite and PostgreSQL), with that type.
+_PLAIN_FIELDS = ((models.BooleanField, bool), (models.IntegerField, int), (models.CharField, str),
+                 (models.TextField, str))
 
 
 def _preparer(field, connection):
@@ -53,16 +53,21 @@ def _preparer(field, connection):
     def prepare(value):
         return field.get_db_prep_save(value, connection)
 
-    if field.is_relation or not isinstance(field, _PLAIN_FIELDS):
+    plain = None if field.is_relation else next(
+        (kind for cls, kind in _PLAIN_FIELDS if isinstance(field, cls)), None)
+    if plain is None:
         return prepare
-    kind = models.IntegerField if isinstance(field, models.IntegerField) else (
-        models.BooleanField if isinstance(field, models.BooleanField) else models.CharField)
+    return lambda value: value if value is None or type(value) is plain else prepare(value)
 
-    def plain(value):
-        if value is None or _PLAIN_TYPES.get(type(value)) is kind:
-            return value
-        return prepare(value)
-    return plain
+
+def _field(meta, name):
+    return meta.pk if name == "pk" else meta.get_field(name)
+
+
+def _where(meta, quote, where: dict) -> tuple[str, list]:
+    """``a = %s AND b = %s`` for equality lookups, and the fields whose values fill it."""
+    fields = [_field(meta, name) for name in where]
+    return " AND ".join(f"{quote(field.column)} = %s" for field in fields), fields
 
 
 def update_where(model, where: dict, values: dict) -> int:
@@ -71,16 +76,29 @@ def update_where(model, where: dict, values: dict) -> int:
     connection = connections[DEFAULT_DB_ALIAS]
     quote = connection.ops.quote_name
     meta = model._meta
-
-    def field(name):
-        return meta.pk if name == "pk" else meta.get_field(name)
-
-    sets = [(field(name), value) for name, value in values.items()]
-    conditions = [(field(name), value) for name, value in where.items()]
+    sets = [(_field(meta, name), value) for name, value in values.items()]
+    condition, fields = _where(meta, quote, where)
     sql = (f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f, _ in sets)} "
-           f"WHERE {' AND '.join(f'{quote(f.column)} = %s' for f, _ in conditions)}")
+           f"WHERE {condition}")
     params = [f.get_db_prep_save(value, connection) for f, value in sets]
-    params += [f.get_db_prep_value(value, connection) for f, value in conditions]
+    params += [f.get_db_prep_value(value, connection) for f, value in zip(fields, where.values())]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+def pks_where(model, pks, where: dict) -> set[str]:
+    """Which of ``pks`` (strings) match ``where`` (equality lookups): the ORM's
+    ``filter(pk__in=pks, **where).values_list("pk")`` as one plain SELECT."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    quote = connection.ops.quote_name
+    meta = model._meta
+    # The keys as the database holds them (a uuid is hex on SQLite), to map the answer back.
+    stored = {meta.pk.get_db_prep_value(pk, connection): pk for pk in pks}
+    condition, fields = _where(meta, quote, where)
+    sql = (f"SELECT {quote(meta.pk.column)} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} IN "
+           f"({', '.join(['%s'] * len(stored))}) AND {condition}")
+    params = [*stored, *(f.get_db_prep_value(value, connection) for f, value in zip(fields, where.values()))]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {stored[found] for found, in cursor.fetchall()}

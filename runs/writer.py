@@ -17,11 +17,11 @@ import asyncio
 import logging
 from collections import defaultdict
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from runs import recorder  # its module, not its names: the recorder imports this module
-from runs.inserts import insert_many
+from runs.inserts import insert_many, pks_where
 from runs.models import Run
 
 logger = logging.getLogger(__name__)
@@ -229,7 +229,9 @@ def _save_together(rows: list[tuple[type, str, dict]]) -> list[bool]:
     that was live when its flush began: not once it ended, nor once it began to finalize (what
     finalizing evaluates is then complete)."""
     with transaction.atomic(savepoint=False):
-        running = _live({run_id for _, run_id, _ in rows})
+        # A plain SELECT: compiling the ORM's query was a fifth of a flush's time.
+        running = pks_where(Run, {run_id for _, run_id, _ in rows},
+                            {"status": Run.Status.RUNNING, "stage": Run.Stage.LIVE})
         groups = defaultdict(list)
         for model, run_id, row in rows:
             if run_id in running:
@@ -239,18 +241,3 @@ def _save_together(rows: list[tuple[type, str, dict]]) -> list[bool]:
             insert_many(model, names, members, now)
     return [run_id in running for _, run_id, _ in rows]
 
-
-def _live(run_ids: set[str]) -> set[str]:
-    """Which of ``run_ids`` are running and live, in one plain SELECT: compiling the ORM's query
-    was a fifth of a flush's time on the database thread."""
-    db = connections[DEFAULT_DB_ALIAS]
-    pk = Run._meta.pk
-    # The ids as the database holds them (hex on SQLite, uuid on PostgreSQL), to map the answer back.
-    stored = {pk.get_db_prep_value(run_id, db): run_id for run_id in run_ids}
-    quote = db.ops.quote_name
-    sql = (f"SELECT {quote(pk.column)} FROM {quote(Run._meta.db_table)} WHERE {quote(pk.column)} IN "
-           f"({', '.join(['%s'] * len(stored))}) AND {quote(Run._meta.get_field('status').column)} = %s "
-           f"AND {quote(Run._meta.get_field('stage').column)} = %s")
-    with db.cursor() as cursor:
-        cursor.execute(sql, [*stored, Run.Status.RUNNING.value, Run.Stage.LIVE.value])
-        return {stored[found] for found, in cursor.fetchall()}
